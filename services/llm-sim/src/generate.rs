@@ -1,0 +1,240 @@
+//! Makes JSON answers that conform to a JSON Schema, and answers that deliberately do not.
+//!
+//! Supports the subset of JSON Schema that structured-output APIs accept: objects with
+//! properties and required, arrays with items, enums, const, strings with length bounds,
+//! numbers and integers with bounds, booleans, nullable type lists and `anyOf`/`oneOf` (first
+//! branch). The same RNG state always yields the same answer.
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use serde_json::{Map, Value, json};
+
+/// Knobs that shape a generated answer.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerStyle {
+    /// Value for any number property named `confidence`.
+    pub confidence: f64,
+}
+
+const WORDS: &[&str] = &[
+    "account", "card", "payment", "transfer", "pending", "refund", "customer", "balance", "charge",
+    "verify", "identity", "limit", "exchange", "rate", "top-up", "fee", "declined", "arrived",
+    "request", "update", "issue", "support", "delay", "review",
+];
+
+/// Generates a value that conforms to `schema`.
+pub fn conforming(schema: &Value, rng: &mut StdRng, style: AnswerStyle) -> Value {
+    generate(schema, rng, style, None, 0)
+}
+
+/// Generates a value that breaks `schema` in a way a validator notices: a required property
+/// is dropped or an enum gets a value outside its list.
+pub fn violating(schema: &Value, rng: &mut StdRng, style: AnswerStyle) -> Value {
+    let mut value = conforming(schema, rng, style);
+    if let (Some(obj), Some(props)) = (
+        value.as_object_mut(),
+        schema.get("properties").and_then(Value::as_object),
+    ) {
+        // Prefer breaking an enum (a plausible model mistake), else drop a required field.
+        if let Some((name, _)) = props.iter().find(|(_, s)| s.get("enum").is_some()) {
+            obj.insert(name.clone(), json!("something_else_entirely"));
+            return value;
+        }
+        if let Some(first) = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .and_then(|r| r.first())
+            .and_then(Value::as_str)
+        {
+            obj.remove(first);
+            return value;
+        }
+    }
+    json!({"unexpected": true})
+}
+
+fn generate(
+    schema: &Value,
+    rng: &mut StdRng,
+    style: AnswerStyle,
+    name: Option<&str>,
+    depth: usize,
+) -> Value {
+    if depth > 8 {
+        return Value::Null;
+    }
+    if let Some(c) = schema.get("const") {
+        return c.clone();
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.is_empty()
+    {
+        return options[rng.random_range(0..options.len())].clone();
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(first) = schema
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            return generate(first, rng, style, name, depth + 1);
+        }
+    }
+    let ty = match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        // A type list such as ["string", "null"]: use the first non-null type.
+        Some(Value::Array(types)) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match ty {
+        "object" => {
+            let mut out = Map::new();
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (key, sub) in props {
+                    out.insert(
+                        key.clone(),
+                        generate(sub, rng, style, Some(key.as_str()), depth + 1),
+                    );
+                }
+            }
+            Value::Object(out)
+        }
+        "array" => {
+            let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1);
+            let max = schema
+                .get("maxItems")
+                .and_then(Value::as_u64)
+                .unwrap_or(min.max(3));
+            let n = rng.random_range(min..=max.max(min));
+            let items = schema.get("items").cloned().unwrap_or(json!({}));
+            Value::Array(
+                (0..n)
+                    .map(|_| generate(&items, rng, style, name, depth + 1))
+                    .collect(),
+            )
+        }
+        "number" | "integer" => number(schema, rng, style, name, ty == "integer"),
+        "boolean" => Value::Bool(rng.random_bool(0.5)),
+        "null" => Value::Null,
+        _ => Value::String(string(schema, rng, name)),
+    }
+}
+
+fn number(
+    schema: &Value,
+    rng: &mut StdRng,
+    style: AnswerStyle,
+    name: Option<&str>,
+    integer: bool,
+) -> Value {
+    let lo = schema.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
+    let hi = schema
+        .get("maximum")
+        .and_then(Value::as_f64)
+        .unwrap_or(lo + 100.0);
+    if integer {
+        let (lo, hi) = (lo.ceil() as i64, hi.floor() as i64);
+        return json!(rng.random_range(lo..=hi.max(lo)));
+    }
+    let v = if name == Some("confidence") {
+        style.confidence.clamp(lo, hi)
+    } else {
+        lo + (hi - lo) * rng.random::<f64>()
+    };
+    // Two decimals, like a model would write.
+    json!((v * 100.0).round() / 100.0)
+}
+
+fn string(schema: &Value, rng: &mut StdRng, name: Option<&str>) -> String {
+    if schema.get("format").and_then(Value::as_str) == Some("date") {
+        return format!(
+            "20{:02}-{:02}-{:02}",
+            rng.random_range(10..30),
+            rng.random_range(1..13),
+            rng.random_range(1..29)
+        );
+    }
+    let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let max = schema
+        .get("maxLength")
+        .and_then(Value::as_u64)
+        .unwrap_or(160) as usize;
+    let words = rng.random_range(4..14);
+    let mut text = match name {
+        Some(n) => format!("{}:", n.replace('_', " ")),
+        None => String::new(),
+    };
+    for _ in 0..words {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    }
+    while text.chars().count() < min {
+        text.push_str(" ok");
+    }
+    if text.chars().count() > max {
+        text = text.chars().take(max).collect();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "required": ["category", "confidence", "summary", "tags"],
+            "additionalProperties": false,
+            "properties": {
+                "category": {"type": "string", "enum": ["a", "b", "c"]},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                "summary": {"type": "string", "minLength": 5, "maxLength": 40},
+                "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+                "count": {"type": "integer", "minimum": 1, "maximum": 3}
+            }
+        })
+    }
+
+    #[test]
+    fn conforming_answers_validate() {
+        let s = schema();
+        let validator = jsonschema_lite_check;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let v = conforming(&s, &mut rng, AnswerStyle { confidence: 0.42 });
+            validator(&v);
+            assert_eq!(v["confidence"], json!(0.42));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_answer_and_violations_differ() {
+        let s = schema();
+        let style = AnswerStyle { confidence: 0.9 };
+        let a = conforming(&s, &mut StdRng::seed_from_u64(5), style);
+        let b = conforming(&s, &mut StdRng::seed_from_u64(5), style);
+        assert_eq!(a, b);
+        let bad = violating(&s, &mut StdRng::seed_from_u64(5), style);
+        assert_eq!(bad["category"], json!("something_else_entirely"));
+    }
+
+    // A hand check of the properties above, so this crate does not need a validator.
+    fn jsonschema_lite_check(v: &Value) {
+        let cat = v["category"].as_str().unwrap();
+        assert!(["a", "b", "c"].contains(&cat));
+        let summary = v["summary"].as_str().unwrap();
+        assert!((5..=40).contains(&summary.chars().count()), "{summary}");
+        assert!(v["tags"].as_array().unwrap().len() <= 2);
+        let count = v["count"].as_i64().unwrap();
+        assert!((1..=3).contains(&count));
+    }
+}

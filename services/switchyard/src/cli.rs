@@ -1,0 +1,341 @@
+//! The `switchyard` command line: argument definitions and one function per command.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{EmbeddedBroker, forward};
+use crate::config::Pipeline;
+use crate::demo::{DemoOptions, run_demo};
+use crate::kafka::KafkaSettings;
+use crate::produce::{jobs_from_jsonl, produce_jobs, send_all};
+use crate::runner::{RunOptions, run};
+
+/// Switchyard: LLM work on Kafka streams, across model vendors.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline end to end on an embedded broker and simulator (nothing to install).
+    Demo(DemoArgs),
+    /// Serve the embedded Kafka-protocol broker to other processes until Ctrl-C.
+    DevBroker(DevBrokerArgs),
+    /// Run a pipeline's stages against a Kafka cluster until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Load jobs from a JSONL file onto a pipeline's intake topic.
+    Produce(ProduceArgs),
+    /// Check a pipeline's config, prompts and schemas; errors name file and line.
+    Validate(ValidateArgs),
+}
+
+/// `switchyard demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Jobs to run.
+    #[arg(long, default_value_t = 300)]
+    pub jobs: usize,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Pipeline folder.
+    #[arg(long, default_value = "pipelines/support-triage")]
+    pub pipeline: PathBuf,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// Simulated latency scale: 1 is hosted-model latency, 0 answers at once.
+    #[arg(long, default_value_t = 0.05)]
+    pub latency_scale: f64,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Give up when no job finishes for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+/// `switchyard dev-broker`.
+#[derive(Debug, clap::Args)]
+pub struct DevBrokerArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 9092)]
+    pub port: u16,
+    /// Create the topics of these pipelines.
+    #[arg(long = "pipeline")]
+    pub pipelines: Vec<PathBuf>,
+    /// Create these topics too.
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Partitions per topic created.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+}
+
+/// `switchyard run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Pipeline folder.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    pub brokers: String,
+    /// Run only these stages (repeatable; all when absent).
+    #[arg(long = "stage")]
+    pub stages: Vec<String>,
+    /// Consumer group prefix.
+    #[arg(long, default_value = "switchyard")]
+    pub group_prefix: String,
+    /// Extra librdkafka property, `key=value` (repeatable), e.g. `-X security.protocol=SASL_SSL`.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+}
+
+/// `switchyard produce`.
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Pipeline folder (for its name and intake topic).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    pub brokers: String,
+    /// JSONL: whole intake jobs, or bare payload objects to wrap.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tenant for wrapped payloads.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Send each line as it is, unchecked (for testing dead-lettering of bad input).
+    #[arg(long)]
+    pub raw: bool,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+}
+
+/// `switchyard validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Pipeline folder.
+    pub pipeline: PathBuf,
+}
+
+/// Runs a parsed command line; the process exit code is the result.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo(a).await,
+        Command::DevBroker(a) => dev_broker(a).await,
+        Command::Run(a) => run_pipeline(a).await,
+        Command::Produce(a) => produce(a).await,
+        Command::Validate(a) => validate(&a.pipeline),
+    }
+}
+
+/// Finds a pipeline folder: as given, else relative to the source tree (so `cargo run` works
+/// from any folder of the checkout).
+fn locate(dir: &Path) -> PathBuf {
+    if dir.join("pipeline.yaml").is_file() || dir.is_absolute() {
+        return dir.to_path_buf();
+    }
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir);
+    if from_source.join("pipeline.yaml").is_file() {
+        return from_source;
+    }
+    dir.to_path_buf()
+}
+
+fn load(dir: &Path) -> anyhow::Result<Pipeline> {
+    Pipeline::load(&locate(dir)).map_err(|e| anyhow!("invalid pipeline configuration:\n{e}"))
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let progress = !a.json || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = run_demo(DemoOptions {
+        jobs: a.jobs,
+        pipeline: locate(&a.pipeline),
+        partitions: a.partitions,
+        latency_scale: a.latency_scale,
+        seed: a.seed,
+        idle_timeout: a.idle_timeout,
+        progress,
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "Switchyard demo: {} on an embedded broker and llm-sim\n",
+            summary.pipeline
+        );
+        print!("{}", summary.table());
+    }
+    if summary.lost > 0 {
+        anyhow::bail!(
+            "{} jobs were lost (neither a result nor a dead letter)",
+            summary.lost
+        );
+    }
+    Ok(())
+}
+
+async fn dev_broker(a: DevBrokerArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("info");
+    let broker = EmbeddedBroker::start()?;
+    let mut topics = a.topics.clone();
+    for p in &a.pipelines {
+        topics.extend(load(p)?.all_topics());
+    }
+    for t in &topics {
+        broker.create_topic(t, a.partitions)?;
+    }
+    let target: SocketAddr = broker
+        .bootstrap()
+        .split(',')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("unexpected mock cluster address {}", broker.bootstrap()))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{}; is another broker running there?",
+                a.port
+            )
+        })?;
+    let port = listener.local_addr()?.port();
+    let mut out = std::io::stdout();
+    writeln!(out, "bootstrap=127.0.0.1:{port}")?;
+    out.flush()?;
+    tracing::info!(port, topics = ?topics, "embedded broker serving; Ctrl-C to stop");
+    let shutdown = shutdown_signal();
+    tokio::select! {
+        _ = forward(listener, target) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    Ok(())
+}
+
+async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("info");
+    let pipeline = Arc::new(load(&a.pipeline)?);
+    let kafka = KafkaSettings::new(&a.brokers)
+        .with_options(&a.kafka_options)
+        .map_err(anyhow::Error::msg)?;
+    let shutdown = shutdown_signal();
+    tracing::info!(pipeline = %pipeline.name, brokers = %a.brokers, "starting");
+    let options = RunOptions {
+        kafka,
+        stages: a.stages,
+        group_prefix: a.group_prefix,
+        readiness: Arc::default(),
+    };
+    run(pipeline, options, shutdown).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let pipeline = load(&a.pipeline)?;
+    let kafka = KafkaSettings::new(&a.brokers)
+        .with_options(&a.kafka_options)
+        .map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let sent = if a.raw {
+        let messages: Vec<(String, Vec<u8>)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (format!("raw-{i}"), l.as_bytes().to_vec()))
+            .collect();
+        send_all(&kafka, &pipeline.topics.intake, &messages).await
+    } else {
+        let jobs = jobs_from_jsonl(
+            &text,
+            &a.file.display().to_string(),
+            &pipeline.name,
+            &a.tenant,
+        )?;
+        produce_jobs(&kafka, &pipeline.topics.intake, &jobs).await
+    }
+    .map_err(anyhow::Error::msg)?;
+    println!("produced {sent} jobs to {}", pipeline.topics.intake);
+    Ok(())
+}
+
+fn validate(dir: &Path) -> anyhow::Result<()> {
+    let p = load(dir)?;
+    println!("{}: ok", p.dir.join("pipeline.yaml").display());
+    println!(
+        "  topics: intake {}, results {}, dead letters {}",
+        p.topics.intake, p.topics.results, p.topics.dlq
+    );
+    for s in &p.stages {
+        let models: Vec<String> = s
+            .endpoints
+            .iter()
+            .map(|e| format!("{}@{}", e.model, e.provider))
+            .collect();
+        println!(
+            "  stage {} (reads {}): {}",
+            s.name,
+            s.input_topic,
+            models.join(" → ")
+        );
+    }
+    Ok(())
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM; a second signal exits at once.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight jobs (signal again to exit now)");
+        t.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,443 @@
+//! `switchyard demo`: a whole pipeline on one machine with nothing installed. An embedded
+//! Kafka-protocol broker, llm-sim in-process, the pipeline's stages, sample jobs in, and every
+//! job read back from the results and dead-letter topics to prove none was lost.
+//!
+//! [`Tally`] (reading results and dead letters back and summarising them) is shared with the
+//! end-to-end tests.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::EmbeddedBroker;
+use crate::config::Pipeline;
+use crate::envelope::{DeadLetter, Intake, JobResult, now};
+use crate::kafka::KafkaSettings;
+use crate::money::MicroUsd;
+use crate::produce::{produce_jobs, read_until, reader};
+use crate::runner::{Readiness, RunOptions, run};
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Jobs to run.
+    pub jobs: usize,
+    /// Pipeline folder.
+    pub pipeline: PathBuf,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Simulator latency scale (1.0 = hosted-model latencies).
+    pub latency_scale: f64,
+    /// Simulator seed.
+    pub seed: u64,
+    /// Give up waiting when no job finishes for this long.
+    pub idle_timeout: Duration,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Everything read back from a results and a dead-letter topic.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Results by job id (a job seen twice is a duplicate).
+    pub results: HashMap<String, Vec<JobResult>>,
+    /// Dead letters by job id.
+    pub dead: HashMap<String, Vec<DeadLetter>>,
+    /// Dead letters that carry no job id (unreadable input).
+    pub dead_without_id: Vec<DeadLetter>,
+    /// Messages on those topics that are not envelopes at all (should never happen).
+    pub unreadable: usize,
+}
+
+impl Tally {
+    /// Adds one message from the results or the dead-letter topic. Returns the job id when
+    /// this message is the first end seen for that job.
+    pub fn add(&mut self, is_dead_letter: bool, payload: &[u8]) -> Option<String> {
+        let id = if is_dead_letter {
+            match serde_json::from_slice::<DeadLetter>(payload) {
+                Ok(d) => match d.job_id.clone() {
+                    Some(id) => {
+                        self.dead.entry(id.clone()).or_default().push(d);
+                        id
+                    }
+                    None => {
+                        self.dead_without_id.push(d);
+                        return None;
+                    }
+                },
+                Err(_) => {
+                    self.unreadable += 1;
+                    return None;
+                }
+            }
+        } else {
+            match serde_json::from_slice::<JobResult>(payload) {
+                Ok(r) => {
+                    let id = r.job_id.clone();
+                    self.results.entry(id.clone()).or_default().push(r);
+                    id
+                }
+                Err(_) => {
+                    self.unreadable += 1;
+                    return None;
+                }
+            }
+        };
+        let deliveries =
+            self.results.get(&id).map_or(0, Vec::len) + self.dead.get(&id).map_or(0, Vec::len);
+        (deliveries == 1).then_some(id)
+    }
+
+    /// Whether a job has ended (in results or dead letters).
+    pub fn finished(&self, job_id: &str) -> bool {
+        self.results.contains_key(job_id) || self.dead.contains_key(job_id)
+    }
+
+    /// Jobs of `expected` that ended.
+    pub fn finished_count(&self, expected: &HashSet<String>) -> usize {
+        expected.iter().filter(|id| self.finished(id)).count()
+    }
+
+    /// Deliveries beyond the first, over results and dead letters.
+    pub fn duplicates(&self) -> usize {
+        let r: usize = self.results.values().map(|v| v.len() - 1).sum();
+        let d: usize = self.dead.values().map(|v| v.len() - 1).sum();
+        // A job both in results and dead letters (redelivered after a crash, say) counts too.
+        let both = self
+            .results
+            .keys()
+            .filter(|k| self.dead.contains_key(*k))
+            .count();
+        r + d + both
+    }
+
+    /// Summarises the jobs of `expected`.
+    pub fn summary(
+        &self,
+        pipeline: &str,
+        expected: &HashSet<String>,
+        elapsed: Duration,
+    ) -> Summary {
+        let mut s = Summary {
+            pipeline: pipeline.to_string(),
+            jobs: expected.len(),
+            ..Summary::default()
+        };
+        let mut latencies = Vec::new();
+        for id in expected {
+            if let Some(r) = self.results.get(id).and_then(|v| v.first()) {
+                s.results += 1;
+                *s.accepted_by_stage.entry(r.stage.clone()).or_default() += 1;
+                if !r.escalations.is_empty() {
+                    s.escalated += 1;
+                    for e in &r.escalations {
+                        *s.escalation_reasons
+                            .entry(reason_name(&e.reason))
+                            .or_default() += 1;
+                    }
+                }
+                if r.needs_review {
+                    s.needs_review += 1;
+                }
+                latencies.push(r.latency_ms);
+                s.add_attempts(&r.attempts);
+            } else if let Some(d) = self.dead.get(id).and_then(|v| v.first()) {
+                s.dead_lettered += 1;
+                *s.dead_lettered_by_reason
+                    .entry(d.reason.as_str().to_string())
+                    .or_default() += 1;
+                tracing::debug!(detail = %d.detail, "dead letter");
+                if !d.escalations.is_empty() {
+                    s.escalated += 1;
+                }
+                s.add_attempts(&d.attempts);
+            } else {
+                s.lost += 1;
+            }
+        }
+        s.duplicates = self.duplicates();
+        s.cost_usd = MicroUsd(s.cost_micro_usd).as_usd();
+        latencies.sort_unstable();
+        s.p50_ms = percentile(&latencies, 0.50);
+        s.p95_ms = percentile(&latencies, 0.95);
+        s.elapsed_s = elapsed.as_secs_f64();
+        s.jobs_per_s = if elapsed.as_secs_f64() > 0.0 {
+            (s.results + s.dead_lettered) as f64 / elapsed.as_secs_f64()
+        } else {
+            0.0
+        };
+        s
+    }
+}
+
+fn reason_name<T: Serialize>(r: &T) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// The demo's figures (also its `--json` output).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Jobs produced.
+    pub jobs: usize,
+    /// Jobs with a result.
+    pub results: usize,
+    /// Jobs dead-lettered.
+    pub dead_lettered: usize,
+    /// Jobs with neither (must be 0).
+    pub lost: usize,
+    /// Extra deliveries (at-least-once duplicates).
+    pub duplicates: usize,
+    /// Jobs that went through more than one stage.
+    pub escalated: usize,
+    /// Escalations by reason.
+    pub escalation_reasons: BTreeMap<String, usize>,
+    /// Results flagged for review.
+    pub needs_review: usize,
+    /// Results by the stage that produced them.
+    pub accepted_by_stage: BTreeMap<String, usize>,
+    /// Dead letters by reason.
+    pub dead_lettered_by_reason: BTreeMap<String, usize>,
+    /// LLM attempts.
+    pub calls: usize,
+    /// Attempts by outcome class.
+    pub calls_by_class: BTreeMap<String, usize>,
+    /// Repair re-asks.
+    pub repairs: usize,
+    /// Total cost, exact.
+    pub cost_micro_usd: u64,
+    /// Total cost in dollars (display).
+    pub cost_usd: f64,
+    /// Median job latency (intake created_at → result).
+    pub p50_ms: u64,
+    /// 95th percentile job latency.
+    pub p95_ms: u64,
+    /// Finished jobs per second of wall time.
+    pub jobs_per_s: f64,
+    /// Wall time from first produce to last job read back.
+    pub elapsed_s: f64,
+}
+
+impl Summary {
+    fn add_attempts(&mut self, attempts: &[crate::envelope::Attempt]) {
+        for a in attempts {
+            self.calls += 1;
+            *self
+                .calls_by_class
+                .entry(a.class.as_str().to_string())
+                .or_default() += 1;
+            if a.repair {
+                self.repairs += 1;
+            }
+            self.cost_micro_usd += a.cost_micro_usd.0;
+        }
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let pct = |n: usize| {
+            if self.jobs == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / self.jobs as f64
+            }
+        };
+        let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<26} {v}\n"));
+        row("pipeline", self.pipeline.clone());
+        row("jobs", self.jobs.to_string());
+        row(
+            "results",
+            format!("{} ({:.1}%)", self.results, pct(self.results)),
+        );
+        for (stage, n) in &self.accepted_by_stage {
+            row(&format!("  accepted at {stage}"), n.to_string());
+        }
+        row("  flagged for review", self.needs_review.to_string());
+        row(
+            "escalated",
+            format!("{} ({:.1}%)", self.escalated, pct(self.escalated)),
+        );
+        for (reason, n) in &self.escalation_reasons {
+            row(&format!("  {reason}"), n.to_string());
+        }
+        row(
+            "dead-lettered",
+            format!("{} ({:.1}%)", self.dead_lettered, pct(self.dead_lettered)),
+        );
+        for (reason, n) in &self.dead_lettered_by_reason {
+            row(&format!("  {reason}"), n.to_string());
+        }
+        row("lost", self.lost.to_string());
+        row("duplicates", self.duplicates.to_string());
+        row(
+            "LLM calls",
+            format!("{} ({} repair re-asks)", self.calls, self.repairs),
+        );
+        for (class, n) in &self.calls_by_class {
+            row(&format!("  {class}"), n.to_string());
+        }
+        row(
+            "cost",
+            format!(
+                "{} ({} µ$)",
+                MicroUsd(self.cost_micro_usd),
+                self.cost_micro_usd
+            ),
+        );
+        row(
+            "job latency p50 / p95",
+            format!("{} ms / {} ms", self.p50_ms, self.p95_ms),
+        );
+        row(
+            "throughput",
+            format!("{:.1} jobs/s over {:.1} s", self.jobs_per_s, self.elapsed_s),
+        );
+        out
+    }
+}
+
+/// Sample payloads from the pipeline's samples file (JSONL of payload objects).
+pub fn sample_payloads(pipeline: &Pipeline) -> anyhow::Result<Vec<Value>> {
+    let Some(path) = &pipeline.samples else {
+        bail!(
+            "pipeline `{}` has no `samples:` file; add one to run the demo",
+            pipeline.name
+        );
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read samples {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        out.push(v);
+    }
+    if out.is_empty() {
+        bail!("samples file {} is empty", path.display());
+    }
+    Ok(out)
+}
+
+/// Runs the demo and returns its summary.
+pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
+    let mut pipeline = Pipeline::load(&options.pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let payloads = sample_payloads(&pipeline)?;
+
+    let mut profile = llm_sim::Profile::default_profile()?;
+    profile.latency_scale = options.latency_scale;
+    profile.seed = options.seed;
+    let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot start the in-process llm-sim")?;
+    pipeline.point_providers_at(&sim.base_url());
+
+    let broker = EmbeddedBroker::start()?;
+    for t in pipeline.all_topics() {
+        broker.create_topic(&t, options.partitions)?;
+    }
+    let kafka = KafkaSettings::new(broker.bootstrap());
+    let pipeline = Arc::new(pipeline);
+
+    let shutdown = CancellationToken::new();
+    let run_options = RunOptions {
+        kafka: kafka.clone(),
+        stages: Vec::new(),
+        group_prefix: "switchyard-demo".into(),
+        readiness: Arc::new(Readiness::default()),
+    };
+    let readiness = run_options.readiness.clone();
+    let runner = tokio::spawn(run(pipeline.clone(), run_options, shutdown.clone()));
+    // Produce only once every stage owns its partitions, so the figures measure the pipeline,
+    // not the consumer-group join.
+    let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+    if !readiness.wait_for(&stages, Duration::from_secs(30)).await {
+        tracing::warn!("stages not all assigned after 30 s; producing anyway");
+    }
+
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let jobs: Vec<Intake> = (0..options.jobs)
+        .map(|i| Intake {
+            job_id: format!("demo-{}-{i:06}", &run_id[..8]),
+            tenant: "demo".into(),
+            pipeline: pipeline.name.clone(),
+            payload: payloads[i % payloads.len()].clone(),
+            created_at: now(),
+            metadata: BTreeMap::new(),
+            redrive_count: 0,
+        })
+        .collect();
+    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+
+    let bar = if options.progress {
+        ProgressBar::with_draw_target(Some(options.jobs as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} jobs finished  {per_sec}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+
+    let consumer = reader(&kafka, &[&pipeline.topics.results, &pipeline.topics.dlq])
+        .map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    produce_jobs(&kafka, &pipeline.topics.intake, &jobs)
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    let mut tally = Tally::default();
+    let mut done = 0usize;
+    let mut last_finish = started;
+    let dlq = pipeline.topics.dlq.clone();
+    read_until(&consumer, options.idle_timeout, |topic, payload| {
+        if let Some(id) = tally.add(topic == dlq, payload)
+            && expected.contains(&id)
+        {
+            done += 1;
+            last_finish = Instant::now();
+            bar.set_position(done as u64);
+        }
+        done >= expected.len()
+    })
+    .await;
+    bar.finish_and_clear();
+    let elapsed = last_finish.duration_since(started);
+
+    shutdown.cancel();
+    match runner.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "pipeline stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "pipeline task failed"),
+    }
+    drop(consumer);
+    sim.stop().await;
+    drop(broker);
+    Ok(tally.summary(&pipeline.name, &expected, elapsed))
+}

@@ -1,0 +1,196 @@
+//! The gate: reads a stage's validated output and decides what happens to the job. Pure
+//! functions over plain data; no I/O.
+
+use serde_json::Value;
+
+use crate::config::{GateSpec, LastStagePolicy, Rule};
+use crate::envelope::EscalationReason;
+
+/// The gate's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Publish the output as the job's result.
+    Accept,
+    /// Hand the job to the next stage.
+    Escalate {
+        /// Why.
+        reason: EscalationReason,
+        /// Which rule or threshold.
+        detail: String,
+    },
+    /// Last stage, gate unsatisfied: publish flagged for a person.
+    Review {
+        /// Why.
+        detail: String,
+    },
+    /// Last stage, gate unsatisfied, policy says dead-letter.
+    Reject {
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The output's self-reported confidence, if it has one.
+pub fn confidence(spec: &GateSpec, output: &Value) -> Option<f64> {
+    lookup(output, &spec.confidence_field).and_then(Value::as_f64)
+}
+
+/// Decides for one output. `has_next` says whether a later stage exists.
+pub fn judge(spec: &GateSpec, output: &Value, has_next: bool) -> Verdict {
+    let mut unsatisfied: Option<(EscalationReason, String)> = None;
+    if let Some(min) = spec.min_confidence {
+        match confidence(spec, output) {
+            Some(c) if c >= min => {}
+            Some(c) => {
+                unsatisfied = Some((
+                    EscalationReason::LowConfidence,
+                    format!("confidence {c:.2} is below {min:.2}"),
+                ))
+            }
+            None => {
+                unsatisfied = Some((
+                    EscalationReason::LowConfidence,
+                    format!("output has no numeric `{}`", spec.confidence_field),
+                ))
+            }
+        }
+    }
+    if unsatisfied.is_none()
+        && let Some(rule) = spec.escalate_if.iter().find(|r| matches(r, output))
+    {
+        unsatisfied = Some((EscalationReason::Rule, describe(rule, output)));
+    }
+    match unsatisfied {
+        None => Verdict::Accept,
+        Some((reason, detail)) if has_next => Verdict::Escalate { reason, detail },
+        Some((_, detail)) => match spec.at_last_stage {
+            LastStagePolicy::Review => Verdict::Review { detail },
+            LastStagePolicy::DeadLetter => Verdict::Reject { detail },
+        },
+    }
+}
+
+fn matches(rule: &Rule, output: &Value) -> bool {
+    let Some(v) = lookup(output, &rule.field) else {
+        return false;
+    };
+    rule.equals.as_ref().is_some_and(|e| e == v)
+        || rule.one_of.as_ref().is_some_and(|list| list.contains(v))
+}
+
+fn describe(rule: &Rule, output: &Value) -> String {
+    let v = lookup(output, &rule.field).cloned().unwrap_or(Value::Null);
+    match (&rule.equals, &rule.one_of) {
+        (Some(e), _) if e == &v => format!("rule: {} == {}", rule.field, e),
+        _ => format!("rule: {} = {} is in the escalation list", rule.field, v),
+    }
+}
+
+fn lookup<'a>(value: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> GateSpec {
+        GateSpec {
+            confidence_field: "confidence".into(),
+            min_confidence: Some(0.7),
+            escalate_if: vec![
+                Rule {
+                    field: "urgency".into(),
+                    equals: Some(json!("high")),
+                    one_of: None,
+                },
+                Rule {
+                    field: "category".into(),
+                    equals: None,
+                    one_of: Some(vec![
+                        json!("compromised_card"),
+                        json!("lost_or_stolen_card"),
+                    ]),
+                },
+            ],
+            at_last_stage: LastStagePolicy::Review,
+        }
+    }
+
+    #[test]
+    fn confident_and_harmless_is_accepted() {
+        let out = json!({"confidence": 0.9, "urgency": "low", "category": "card_arrival"});
+        assert_eq!(judge(&spec(), &out, true), Verdict::Accept);
+    }
+
+    #[test]
+    fn low_confidence_escalates_with_the_numbers() {
+        let out = json!({"confidence": 0.5, "urgency": "low", "category": "x"});
+        match judge(&spec(), &out, true) {
+            Verdict::Escalate { reason, detail } => {
+                assert_eq!(reason, EscalationReason::LowConfidence);
+                assert_eq!(detail, "confidence 0.50 is below 0.70");
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn rules_escalate_even_when_confident() {
+        let out =
+            json!({"confidence": 0.99, "urgency": "normal", "category": "lost_or_stolen_card"});
+        assert!(matches!(
+            judge(&spec(), &out, true),
+            Verdict::Escalate {
+                reason: EscalationReason::Rule,
+                ..
+            }
+        ));
+        let out = json!({"confidence": 0.99, "urgency": "high", "category": "x"});
+        assert!(matches!(
+            judge(&spec(), &out, true),
+            Verdict::Escalate {
+                reason: EscalationReason::Rule,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn last_stage_reviews_or_rejects_by_policy() {
+        let out = json!({"confidence": 0.2});
+        assert!(matches!(
+            judge(&spec(), &out, false),
+            Verdict::Review { .. }
+        ));
+        let mut s = spec();
+        s.at_last_stage = LastStagePolicy::DeadLetter;
+        assert!(matches!(judge(&s, &out, false), Verdict::Reject { .. }));
+    }
+
+    #[test]
+    fn missing_confidence_is_not_trusted() {
+        let out = json!({"urgency": "low"});
+        assert!(matches!(
+            judge(&spec(), &out, true),
+            Verdict::Escalate { .. }
+        ));
+        let mut s = spec();
+        s.min_confidence = None;
+        assert_eq!(judge(&s, &out, true), Verdict::Accept);
+    }
+
+    #[test]
+    fn dotted_paths_reach_nested_fields() {
+        let out = json!({"customer": {"tier": "gold"}});
+        let mut s = spec();
+        s.min_confidence = None;
+        s.escalate_if = vec![Rule {
+            field: "customer.tier".into(),
+            equals: Some(json!("gold")),
+            one_of: None,
+        }];
+        assert!(matches!(judge(&s, &out, true), Verdict::Escalate { .. }));
+    }
+}

@@ -1,0 +1,692 @@
+//! The consuming side of a stage: one consumer group per stage reads the stage's input topic,
+//! runs many jobs at once (partitions concurrently, several jobs per partition), publishes each
+//! job's single output, and only then lets its offset move.
+//!
+//! Guarantees kept here: auto offset store is off; an offset is stored only when it and every
+//! earlier offset of its partition have an acknowledged output ([`watermark`]); partitions pause
+//! when their in-flight cap (or the stage's) is reached, while polling continues so the group
+//! membership stays alive; on a revoke, in-flight work of the revoked partitions gets a bounded
+//! time to finish, then the final offsets are committed synchronously; on shutdown, fetching
+//! stops, in-flight jobs finish (up to a deadline) and offsets are committed before exit.
+
+pub mod watermark;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Pipeline;
+use crate::envelope::{
+    DeadLetter, DeadLetterReason, Escalation, EscalationStep, Intake, JobResult, Original, Schemas,
+    Source, now, validation_errors,
+};
+use crate::kafka::KafkaSettings;
+use crate::output::{Envelope, Output, PublishError};
+use crate::stage::{Outcome, StageRunner};
+use watermark::{Caps, Ticket, Watermarks};
+
+/// What one stage worker shares with its job tasks.
+#[derive(Debug)]
+pub struct StageShared {
+    /// The pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// The stage to run.
+    pub runner: StageRunner,
+    /// Envelope schemas.
+    pub schemas: Arc<Schemas>,
+    /// The producer.
+    pub output: Arc<Output>,
+}
+
+/// An error that stops a stage worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The consumer could not be created or subscribed.
+    #[error("stage `{stage}`: cannot consume {topic}: {source}")]
+    Consumer {
+        /// Stage.
+        stage: String,
+        /// Topic.
+        topic: String,
+        /// Why.
+        source: KafkaError,
+    },
+}
+
+type Tracker = Arc<Mutex<Watermarks>>;
+
+fn lock(t: &Tracker) -> MutexGuard<'_, Watermarks> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The consumer's context: keeps the watermarks in step with rebalances.
+struct StageContext {
+    tracker: Tracker,
+    topic: String,
+    stage: String,
+    rebalance_timeout: Duration,
+    readiness: Arc<crate::runner::Readiness>,
+}
+
+impl ClientContext for StageContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", stage = %self.stage, fac, "{message}")
+            }
+            L::Warning => {
+                tracing::warn!(target: "librdkafka", stage = %self.stage, fac, "{message}")
+            }
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", stage = %self.stage, fac, "{message}")
+            }
+            L::Debug => {
+                tracing::debug!(target: "librdkafka", stage = %self.stage, fac, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(stage = %self.stage, error = %error, "Kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for StageContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = list
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        // Give in-flight jobs of the revoked partitions a bounded time to finish, so their
+        // offsets can be committed now instead of the jobs being redone by the next owner.
+        let deadline = Instant::now() + self.rebalance_timeout;
+        loop {
+            let busy: usize = {
+                let t = lock(&self.tracker);
+                partitions.iter().map(|p| t.in_flight_in(*p)).sum()
+            };
+            if busy == 0 || Instant::now() >= deadline {
+                if busy > 0 {
+                    tracing::warn!(stage = %self.stage, jobs = busy, "rebalance: handing back unfinished jobs; they will be redelivered");
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut t = lock(&self.tracker);
+            for p in &partitions {
+                if let Some(w) = t.revoke(*p) {
+                    let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(w + 1));
+                }
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.store_offsets(&tpl)
+        {
+            tracing::warn!(stage = %self.stage, error = %e, "rebalance: storing final offsets failed");
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(stage = %self.stage, error = %e, "rebalance: nothing committed");
+        }
+        let left = lock(&self.tracker).partitions().len();
+        self.readiness.set_assigned(&self.stage, left);
+        tracing::info!(stage = %self.stage, ?partitions, "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions: Vec<i32> = list
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                let owned = {
+                    let mut t = lock(&self.tracker);
+                    for p in &partitions {
+                        t.assign(*p);
+                    }
+                    t.partitions().len()
+                };
+                self.readiness.set_assigned(&self.stage, owned);
+                tracing::info!(stage = %self.stage, ?partitions, "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(stage = %self.stage, error = %e, "rebalance error")
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+type StageConsumer = StreamConsumer<StageContext>;
+
+/// A message taken off the topic, owned so a job task can keep it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Where it came from.
+    pub source: Source,
+    /// The raw value (empty for a null value).
+    pub payload: Vec<u8>,
+}
+
+/// Consumes the stage's input topic until `shutdown`, then drains and commits.
+pub async fn run_stage(
+    shared: Arc<StageShared>,
+    kafka: &KafkaSettings,
+    group: &str,
+    readiness: Arc<crate::runner::Readiness>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let stage = shared.runner.stage.name.clone();
+    let topic = shared.runner.stage.input_topic.clone();
+    let conc = &shared.pipeline.concurrency;
+    let tracker: Tracker = Arc::new(Mutex::new(Watermarks::new(Caps {
+        total: conc.max_in_flight,
+        per_partition: conc.max_in_flight_per_partition,
+    })));
+    let context = StageContext {
+        tracker: tracker.clone(),
+        topic: topic.clone(),
+        stage: stage.clone(),
+        rebalance_timeout: conc.rebalance_timeout,
+        readiness,
+    };
+    let consumer_error = |source| WorkerError::Consumer {
+        stage: stage.clone(),
+        topic: topic.clone(),
+        source,
+    };
+    let consumer: Arc<StageConsumer> = Arc::new(
+        kafka
+            .consumer(group)
+            .create_with_context(context)
+            .map_err(consumer_error)?,
+    );
+    consumer.subscribe(&[&topic]).map_err(consumer_error)?;
+    tracing::info!(stage = %stage, topic = %topic, group, "stage consuming");
+
+    // Jobs keep running (and publishing) for a while after shutdown is asked for; they stop
+    // retrying publishes only when `abandon` fires at the drain deadline.
+    let abandon = CancellationToken::new();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let m = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(stage = %stage, error = %e, "consume error; continuing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let received = Received {
+            source: Source {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .map(str::to_string),
+            },
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        };
+        drop(m);
+        let ticket = {
+            let mut t = lock(&tracker);
+            let Some((ticket, pause)) = t.start(received.source.partition, received.source.offset)
+            else {
+                continue;
+            };
+            if !pause.is_empty() {
+                set_paused(&consumer, &topic, &pause, true);
+            }
+            ticket
+        };
+        let job = JobTask {
+            shared: shared.clone(),
+            consumer: consumer.clone(),
+            tracker: tracker.clone(),
+            topic: topic.clone(),
+            abandon: abandon.clone(),
+        };
+        tokio::spawn(job.run(ticket, received));
+    }
+
+    // Shutdown: no more fetching; let in-flight jobs finish up to the deadline.
+    let deadline = Instant::now() + conc.shutdown_timeout;
+    let mut last = usize::MAX;
+    loop {
+        let busy = lock(&tracker).in_flight();
+        if busy == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(stage = %stage, jobs = busy, "shutdown deadline reached; unfinished jobs will be redelivered");
+            break;
+        }
+        if busy != last {
+            tracing::info!(stage = %stage, jobs = busy, "shutdown: waiting for in-flight jobs");
+            last = busy;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    abandon.cancel();
+    commit_final(&consumer, &tracker, &topic, &stage);
+    Ok(())
+}
+
+fn commit_final(consumer: &StageConsumer, tracker: &Tracker, topic: &str, stage: &str) {
+    let mut tpl = TopicPartitionList::new();
+    {
+        let mut t = lock(tracker);
+        for p in t.partitions() {
+            if let Some(w) = t.pending_store(p) {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(w + 1));
+                t.mark_stored(p, w);
+            }
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.store_offsets(&tpl)
+    {
+        tracing::warn!(stage, error = %e, "storing final offsets failed");
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(stage, "final offsets committed"),
+        Err(e) => tracing::debug!(stage, error = %e, "final commit: nothing to commit"),
+    }
+}
+
+fn set_paused(consumer: &StageConsumer, topic: &str, partitions: &[i32], pause: bool) {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let r = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, ?partitions, pause, "pause/resume failed (partition no longer assigned?)");
+    }
+}
+
+struct JobTask {
+    shared: Arc<StageShared>,
+    consumer: Arc<StageConsumer>,
+    tracker: Tracker,
+    topic: String,
+    abandon: CancellationToken,
+}
+
+impl JobTask {
+    async fn run(self, ticket: Ticket, received: Received) {
+        let envelopes = process(&self.shared, &received).await;
+        for env in &envelopes {
+            match self.shared.output.publish(env, &self.abandon).await {
+                Ok(()) => {}
+                Err(PublishError::ShuttingDown { .. }) => return,
+                Err(e @ PublishError::Refused { .. }) => {
+                    // The broker will never take this output: dead-letter the job instead.
+                    let dl = refused_dead_letter(&self.shared, &received, &e);
+                    if self
+                        .shared
+                        .output
+                        .publish(&dl, &self.abandon)
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!(error = %e, source = ?received.source, "output and dead letter both refused; job stays unacknowledged");
+                        return;
+                    }
+                }
+            }
+        }
+        let mut t = lock(&self.tracker);
+        let actions = t.finish(ticket);
+        if let Some((p, w)) = actions.store
+            && let Err(e) = self.consumer.store_offset(&self.topic, p, w)
+        {
+            tracing::debug!(error = %e, partition = p, offset = w, "offset store failed (partition revoked?)");
+        }
+        if !actions.resume.is_empty() {
+            set_paused(&self.consumer, &self.topic, &actions.resume, false);
+        }
+    }
+}
+
+/// Turns one input message into the envelope(s) to publish. Never fails: anything that cannot
+/// be done becomes a dead letter with the reason.
+pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope> {
+    let stage = &shared.runner.stage;
+    let pipeline = &shared.pipeline;
+    let (job, history, prior) = match read_input(shared, &received.payload) {
+        Ok(x) => x,
+        Err(detail) => {
+            let dl = DeadLetter {
+                job_id: job_id_hint(&received.payload),
+                tenant: None,
+                pipeline: pipeline.name.clone(),
+                stage: stage.name.clone(),
+                reason: DeadLetterReason::InvalidIntake,
+                detail: format!(
+                    "{detail} (topic {} partition {} offset {})",
+                    received.source.topic, received.source.partition, received.source.offset
+                ),
+                original: Original::from_bytes(&received.payload),
+                source: received.source.clone(),
+                attempts: Vec::new(),
+                escalations: Vec::new(),
+                redrive_count: 0,
+                replayable: false,
+                failed_at: now(),
+            };
+            return vec![dead_letter_envelope(shared, &dl, received)];
+        }
+    };
+    let span = tracing::debug_span!("job", job_id = %job.job_id, stage = %stage.name);
+    let run = shared.runner.run(&job, &history).instrument(span).await;
+    let mut attempts = prior;
+    attempts.extend(run.attempts);
+    let key = received
+        .source
+        .key
+        .clone()
+        .unwrap_or_else(|| job.job_id.clone());
+    match run.outcome {
+        Outcome::Accept {
+            output,
+            confidence,
+            review,
+        } => {
+            let completed_at = now();
+            let latency_ms = (completed_at - job.created_at).whole_milliseconds().max(0) as u64;
+            let result = JobResult {
+                job_id: job.job_id.clone(),
+                tenant: job.tenant.clone(),
+                pipeline: pipeline.name.clone(),
+                stage: stage.name.clone(),
+                output,
+                confidence,
+                needs_review: review.is_some(),
+                review_reason: review,
+                cost_micro_usd: attempts.iter().map(|a| a.cost_micro_usd).sum(),
+                escalations: history,
+                attempts,
+                created_at: job.created_at,
+                completed_at,
+                latency_ms,
+                metadata: job.metadata.clone(),
+            };
+            let env = envelope(
+                &pipeline.topics.results,
+                key,
+                &result,
+                &job.job_id,
+                &stage.name,
+                None,
+            );
+            checked(shared, &shared.schemas.result, env, &result, received)
+        }
+        Outcome::Escalate(step) => {
+            let to = step.to_stage.clone();
+            let Some(next) = pipeline.stages.iter().find(|s| s.name == to) else {
+                // Cannot happen with a loaded pipeline; dead-letter rather than lose the job.
+                let dl = job_dead_letter(
+                    shared,
+                    received,
+                    &job,
+                    history,
+                    attempts,
+                    DeadLetterReason::OutputRejected,
+                    format!("escalation target stage `{to}` does not exist"),
+                );
+                return vec![dead_letter_envelope(shared, &dl, received)];
+            };
+            let mut escalations = history;
+            escalations.push(step);
+            let reason = escalations
+                .last()
+                .map(|s| format!("{:?}", s.reason))
+                .unwrap_or_default();
+            let esc = Escalation {
+                job: job.clone(),
+                to_stage: to,
+                escalations,
+                attempts,
+            };
+            let env = envelope(
+                &next.input_topic,
+                key,
+                &esc,
+                &job.job_id,
+                &stage.name,
+                Some(reason),
+            );
+            checked(shared, &shared.schemas.escalation, env, &esc, received)
+        }
+        Outcome::DeadLetter { reason, detail } => {
+            let dl = job_dead_letter(shared, received, &job, history, attempts, reason, detail);
+            vec![dead_letter_envelope(shared, &dl, received)]
+        }
+    }
+}
+
+type Input = (Intake, Vec<EscalationStep>, Vec<crate::envelope::Attempt>);
+
+fn read_input(shared: &StageShared, payload: &[u8]) -> Result<Input, String> {
+    let stage = &shared.runner.stage;
+    if payload.is_empty() {
+        return Err("empty message: a job must be a JSON object".into());
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| format!("message is not UTF-8 ({e}); a job must be UTF-8 JSON"))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("message is not JSON: {e}"))?;
+    let (validator, what) = if stage.index == 0 {
+        (&shared.schemas.intake, "intake job")
+    } else {
+        (&shared.schemas.escalation, "escalation")
+    };
+    let errors = validation_errors(validator, &value, 8);
+    if !errors.is_empty() {
+        return Err(format!(
+            "not a valid {what} (schemas/{}.schema.json): {}",
+            if stage.index == 0 {
+                "intake"
+            } else {
+                "escalation"
+            },
+            errors.join("; ")
+        ));
+    }
+    let (job, history, prior) = if stage.index == 0 {
+        let job: Intake =
+            serde_json::from_value(value).map_err(|e| format!("not a valid intake job: {e}"))?;
+        (job, Vec::new(), Vec::new())
+    } else {
+        let esc: Escalation =
+            serde_json::from_value(value).map_err(|e| format!("not a valid escalation: {e}"))?;
+        if esc.to_stage != stage.name {
+            return Err(format!(
+                "escalation is addressed to stage `{}`, but this is stage `{}`",
+                esc.to_stage, stage.name
+            ));
+        }
+        (esc.job, esc.escalations, esc.attempts)
+    };
+    if job.pipeline != shared.pipeline.name {
+        return Err(format!(
+            "job names pipeline `{}`, but this topic belongs to pipeline `{}`; send it to that pipeline's intake topic",
+            job.pipeline, shared.pipeline.name
+        ));
+    }
+    Ok((job, history, prior))
+}
+
+fn job_id_hint(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    v.get("job_id")
+        .or_else(|| v.pointer("/job/job_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn job_dead_letter(
+    shared: &StageShared,
+    received: &Received,
+    job: &Intake,
+    escalations: Vec<EscalationStep>,
+    attempts: Vec<crate::envelope::Attempt>,
+    reason: DeadLetterReason,
+    detail: String,
+) -> DeadLetter {
+    DeadLetter {
+        job_id: Some(job.job_id.clone()),
+        tenant: Some(job.tenant.clone()),
+        pipeline: shared.pipeline.name.clone(),
+        stage: shared.runner.stage.name.clone(),
+        reason,
+        detail,
+        // The intake job itself, so a replay can send it straight back.
+        original: Original::Json(serde_json::to_value(job).unwrap_or(Value::Null)),
+        source: received.source.clone(),
+        attempts,
+        escalations,
+        redrive_count: job.redrive_count,
+        replayable: reason.replayable(),
+        failed_at: now(),
+    }
+}
+
+fn refused_dead_letter(shared: &StageShared, received: &Received, e: &PublishError) -> Envelope {
+    let dl = DeadLetter {
+        job_id: job_id_hint(&received.payload),
+        tenant: None,
+        pipeline: shared.pipeline.name.clone(),
+        stage: shared.runner.stage.name.clone(),
+        reason: DeadLetterReason::OutputRejected,
+        detail: format!("{e}; the stage's output could not be published"),
+        original: Original::from_bytes(&received.payload),
+        source: received.source.clone(),
+        attempts: Vec::new(),
+        escalations: Vec::new(),
+        redrive_count: 0,
+        replayable: true,
+        failed_at: now(),
+    };
+    dead_letter_envelope(shared, &dl, received)
+}
+
+fn dead_letter_envelope(shared: &StageShared, dl: &DeadLetter, received: &Received) -> Envelope {
+    let key = received
+        .source
+        .key
+        .clone()
+        .or_else(|| dl.job_id.clone())
+        .unwrap_or_else(|| format!("{}-{}", received.source.partition, received.source.offset));
+    let mut env = envelope(
+        &shared.pipeline.topics.dlq,
+        key,
+        dl,
+        dl.job_id.as_deref().unwrap_or(""),
+        &dl.stage,
+        Some(dl.reason.as_str().to_string()),
+    );
+    if let Ok(v) = serde_json::to_value(dl) {
+        let errors = validation_errors(&shared.schemas.dead_letter, &v, 4);
+        if !errors.is_empty() {
+            tracing::error!(
+                ?errors,
+                "dead letter does not match schemas/dead-letter.schema.json (a bug); publishing anyway so nothing is lost"
+            );
+        }
+    }
+    env.headers
+        .push(("switchyard.replayable", dl.replayable.to_string()));
+    env
+}
+
+fn envelope<T: Serialize>(
+    topic: &str,
+    key: String,
+    body: &T,
+    job_id: &str,
+    stage: &str,
+    reason: Option<String>,
+) -> Envelope {
+    let mut headers = vec![
+        ("switchyard.job_id", job_id.to_string()),
+        ("switchyard.stage", stage.to_string()),
+    ];
+    if let Some(r) = reason {
+        headers.push(("switchyard.reason", r));
+    }
+    Envelope {
+        topic: topic.to_string(),
+        key,
+        payload: serde_json::to_vec(body).unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Validates an outgoing envelope; one that breaks its schema (a bug) is dead-lettered
+/// instead, with the validator's errors, so the job is not lost.
+fn checked<T: Serialize>(
+    shared: &StageShared,
+    validator: &jsonschema::Validator,
+    env: Envelope,
+    body: &T,
+    received: &Received,
+) -> Vec<Envelope> {
+    let errors = serde_json::to_value(body)
+        .map(|v| validation_errors(validator, &v, 4))
+        .unwrap_or_else(|e| vec![e.to_string()]);
+    if errors.is_empty() {
+        return vec![env];
+    }
+    tracing::error!(?errors, topic = %env.topic, "outgoing envelope breaks its schema (a bug); dead-lettering the job");
+    let dl = DeadLetter {
+        job_id: job_id_hint(&received.payload),
+        tenant: None,
+        pipeline: shared.pipeline.name.clone(),
+        stage: shared.runner.stage.name.clone(),
+        reason: DeadLetterReason::OutputRejected,
+        detail: format!(
+            "outgoing envelope for {} broke its schema: {}",
+            env.topic,
+            errors.join("; ")
+        ),
+        original: Original::from_bytes(&received.payload),
+        source: received.source.clone(),
+        attempts: Vec::new(),
+        escalations: Vec::new(),
+        redrive_count: 0,
+        replayable: true,
+        failed_at: now(),
+    };
+    vec![dead_letter_envelope(shared, &dl, received)]
+}

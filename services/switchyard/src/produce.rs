@@ -1,0 +1,168 @@
+//! Loading jobs onto a pipeline's intake topic, and reading topics back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+use crate::envelope::{Intake, now};
+use crate::kafka::KafkaSettings;
+
+/// A job line that could not be turned into a job.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct JobLineError {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads JSONL: each line is either a whole intake job (has `job_id` and `payload`) or a bare
+/// payload object, which is wrapped into a job for `pipeline` and `tenant` with a fresh id.
+pub fn jobs_from_jsonl(
+    text: &str,
+    file: &str,
+    pipeline: &str,
+    tenant: &str,
+) -> Result<Vec<Intake>, JobLineError> {
+    let mut jobs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fail = |message: String| JobLineError {
+            file: file.to_string(),
+            line: i + 1,
+            message,
+        };
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| fail(format!("not JSON: {e}")))?;
+        let job = if value.get("job_id").is_some() && value.get("payload").is_some() {
+            serde_json::from_value::<Intake>(value)
+                .map_err(|e| fail(format!("not a valid intake job: {e}")))?
+        } else if value.is_object() {
+            Intake {
+                job_id: uuid::Uuid::new_v4().to_string(),
+                tenant: tenant.to_string(),
+                pipeline: pipeline.to_string(),
+                payload: value,
+                created_at: now(),
+                metadata: BTreeMap::new(),
+                redrive_count: 0,
+            }
+        } else {
+            return Err(fail(
+                "a line must be a JSON object (a job or a payload)".into(),
+            ));
+        };
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+/// Sends `(key, value)` messages to `topic` and waits until the broker has acknowledged all.
+pub async fn send_all(
+    kafka: &KafkaSettings,
+    topic: &str,
+    messages: &[(String, Vec<u8>)],
+) -> Result<usize, String> {
+    let producer: FutureProducer = kafka
+        .producer()
+        .create()
+        .map_err(|e| format!("cannot create a producer for {}: {e}", kafka.brokers))?;
+    let mut pending = Vec::with_capacity(messages.len());
+    for (key, value) in messages {
+        let record = FutureRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(value.as_slice());
+        pending.push(producer.send(record, Duration::from_secs(30)));
+    }
+    let mut sent = 0;
+    for r in futures::future::join_all(pending).await {
+        match r {
+            Ok(_) => sent += 1,
+            Err((e, _)) => {
+                return Err(format!(
+                    "sending to {topic} failed after {sent} messages: {e}"
+                ));
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Produces intake jobs, keyed by job id.
+pub async fn produce_jobs(
+    kafka: &KafkaSettings,
+    topic: &str,
+    jobs: &[Intake],
+) -> Result<usize, String> {
+    let messages: Vec<(String, Vec<u8>)> = jobs
+        .iter()
+        .map(|j| (j.job_id.clone(), serde_json::to_vec(j).unwrap_or_default()))
+        .collect();
+    send_all(kafka, topic, &messages).await
+}
+
+/// A reader of whole topics from the beginning (no committed offsets).
+pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, String> {
+    let group = format!("switchyard-reader-{}", uuid::Uuid::new_v4());
+    let consumer: StreamConsumer = kafka
+        .reader(&group)
+        .create()
+        .map_err(|e| format!("cannot create a reader for {}: {e}", kafka.brokers))?;
+    consumer
+        .subscribe(topics)
+        .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+    Ok(consumer)
+}
+
+/// Reads from `consumer` until `stop` says enough or nothing arrives for `idle`.
+pub async fn read_until(
+    consumer: &StreamConsumer,
+    idle: Duration,
+    mut on_message: impl FnMut(&str, &[u8]) -> bool,
+) {
+    loop {
+        match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "read error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Ok(m)) => {
+                let topic = m.topic().to_string();
+                let payload = m.payload().unwrap_or_default().to_vec();
+                if on_message(&topic, &payload) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_lines_become_jobs_and_errors_name_the_line() {
+        let text = "{\"text\": \"a\"}\n\n{\"job_id\": \"j2\", \"tenant\": \"t\", \"pipeline\": \"p\", \"payload\": {}, \"created_at\": \"2026-01-01T00:00:00Z\"}\n";
+        let jobs = jobs_from_jsonl(text, "f.jsonl", "p", "acme").unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].tenant, "acme");
+        assert_eq!(jobs[0].payload["text"], "a");
+        assert_eq!(jobs[1].job_id, "j2");
+        let err = jobs_from_jsonl("{}\n[1]\n", "f.jsonl", "p", "t").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.jsonl:2: a line must be a JSON object (a job or a payload)"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Provider adapters: one trait, one file per API family. An adapter turns a [`ChatRequest`]
+//! into the provider's wire format, sends it, and turns what comes back into a [`Completion`]
+//! or a [`ProviderError`] whose [`AttemptClass`] decides the route's next move.
+
+pub mod openai;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::config::{ApiFamily, Provider};
+use crate::envelope::AttemptClass;
+
+/// A chat message role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The request.
+    User,
+    /// An earlier answer (used by the repair re-ask).
+    Assistant,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Who speaks.
+    pub role: Role,
+    /// What they say.
+    pub content: String,
+}
+
+/// A provider-neutral request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The provider's id for the model.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Ask for JSON conforming to this schema (name, schema), where the model supports it.
+    pub json_schema: Option<(String, Value)>,
+    /// Whether the model takes `response_format: json_schema` (else JSON mode is asked for).
+    pub native_schema: bool,
+    /// Upper bound on completion tokens.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Time limit for the whole call.
+    pub timeout: Duration,
+}
+
+/// Token counts as the provider reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens (including cached ones).
+    pub prompt_tokens: u64,
+    /// Completion tokens (including reasoning ones).
+    pub completion_tokens: u64,
+    /// Prompt tokens served from cache.
+    pub cached_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+}
+
+/// A usable answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The assistant message's text.
+    pub content: String,
+    /// Token counts.
+    pub usage: Usage,
+    /// HTTP status (200).
+    pub status: u16,
+}
+
+/// A failed call, classified.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{class:?} ({status:?}): {message}")]
+pub struct ProviderError {
+    /// What kind of failure, which decides the next move.
+    pub class: AttemptClass,
+    /// HTTP status, when an answer came back.
+    pub status: Option<u16>,
+    /// What happened, scrubbed of secrets.
+    pub message: String,
+    /// How long the provider asked us to wait (429/503 Retry-After).
+    pub retry_after: Option<Duration>,
+    /// Tokens billed even though the call failed (a truncated answer, say).
+    pub usage: Usage,
+}
+
+/// One API family's adapter.
+pub trait ProviderApi: Send + Sync + std::fmt::Debug {
+    /// Sends one request.
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>>;
+}
+
+/// Builds the adapter for a configured provider.
+pub fn adapter(provider: &Provider, http: reqwest::Client) -> Arc<dyn ProviderApi> {
+    match provider.api {
+        ApiFamily::Openai => Arc::new(openai::OpenAiCompatible::new(provider.clone(), http)),
+    }
+}
+
+/// Classifies an HTTP error status (and the error text, for the 400s that name their cause).
+pub fn classify_status(status: u16, message: &str) -> AttemptClass {
+    let lower = message.to_ascii_lowercase();
+    match status {
+        401 | 403 => AttemptClass::Auth,
+        402 => AttemptClass::OutOfCredit,
+        404 => AttemptClass::Catalog,
+        408 => AttemptClass::Transient,
+        413 => AttemptClass::ContextWindow,
+        429 => AttemptClass::RateLimited,
+        400 | 422 if is_context_message(&lower) => AttemptClass::ContextWindow,
+        400 | 422 if is_content_policy_message(&lower) => AttemptClass::ContentPolicy,
+        400..=499 => AttemptClass::InvalidRequest,
+        _ => AttemptClass::Transient,
+    }
+}
+
+fn is_context_message(lower: &str) -> bool {
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "maximum context",
+        "too many tokens",
+        "prompt is too long",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+}
+
+fn is_content_policy_message(lower: &str) -> bool {
+    [
+        "content_filter",
+        "content policy",
+        "content_policy",
+        "safety system",
+        "flagged",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+}
+
+/// Parses a Retry-After header: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn statuses_map_to_the_design_table() {
+        let cases = [
+            (401, "", AttemptClass::Auth),
+            (403, "", AttemptClass::Auth),
+            (402, "", AttemptClass::OutOfCredit),
+            (404, "model not found", AttemptClass::Catalog),
+            (408, "", AttemptClass::Transient),
+            (413, "", AttemptClass::ContextWindow),
+            (429, "", AttemptClass::RateLimited),
+            (500, "", AttemptClass::Transient),
+            (502, "", AttemptClass::Transient),
+            (503, "", AttemptClass::Transient),
+            (529, "", AttemptClass::Transient),
+            (
+                400,
+                "This model's maximum context length is 8192 tokens",
+                AttemptClass::ContextWindow,
+            ),
+            (
+                400,
+                "Your request was rejected by our content_filter",
+                AttemptClass::ContentPolicy,
+            ),
+            (
+                400,
+                "messages: field required",
+                AttemptClass::InvalidRequest,
+            ),
+        ];
+        for (status, msg, class) in cases {
+            assert_eq!(classify_status(status, msg), class, "{status} {msg}");
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+    }
+}
+
+/// Every provider a pipeline uses: adapters sharing one HTTP pool, and their rate limits.
+#[derive(Debug)]
+pub struct ProviderSet {
+    adapters: std::collections::HashMap<String, Arc<dyn ProviderApi>>,
+    limits: crate::limit::Limits,
+}
+
+impl ProviderSet {
+    /// Adapters and limiters for `providers`.
+    pub fn new<'a>(
+        providers: impl IntoIterator<Item = &'a Provider> + Clone,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()?;
+        let adapters = providers
+            .clone()
+            .into_iter()
+            .map(|p| (p.name.clone(), adapter(p, http.clone())))
+            .collect();
+        Ok(Self {
+            adapters,
+            limits: crate::limit::Limits::new(providers),
+        })
+    }
+
+    /// Waits for the provider's rate limit, then sends the request.
+    pub async fn call(
+        &self,
+        provider: &str,
+        request: &ChatRequest,
+    ) -> Result<Completion, ProviderError> {
+        let Some(adapter) = self.adapters.get(provider) else {
+            return Err(ProviderError {
+                class: AttemptClass::Catalog,
+                status: None,
+                message: format!("provider `{provider}` is not configured"),
+                retry_after: None,
+                usage: Usage::default(),
+            });
+        };
+        self.limits.until_ready(provider).await;
+        adapter.complete(request).await
+    }
+}

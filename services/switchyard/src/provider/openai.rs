@@ -1,0 +1,291 @@
+//! OpenAI-compatible chat completions: OpenAI, OpenRouter, vLLM, Ollama, llm-sim and any
+//! server that speaks `POST {base_url}/chat/completions`.
+
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde_json::{Value, json};
+
+use super::{
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, classify_status,
+    parse_retry_after,
+};
+use crate::config::Provider;
+use crate::envelope::AttemptClass;
+use crate::secret::scrub;
+
+/// The adapter.
+#[derive(Debug)]
+pub struct OpenAiCompatible {
+    provider: Provider,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl OpenAiCompatible {
+    /// An adapter for one configured provider, sharing `http`'s connection pool.
+    pub fn new(provider: Provider, http: reqwest::Client) -> Self {
+        let url = format!(
+            "{}/chat/completions",
+            provider.base_url.trim_end_matches('/')
+        );
+        Self {
+            provider,
+            url,
+            http,
+        }
+    }
+
+    fn body(request: &ChatRequest) -> Value {
+        let messages: Vec<Value> = request
+            .messages
+            .iter()
+            .map(|m| {
+                let role = match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                json!({"role": role, "content": m.content})
+            })
+            .collect();
+        let mut body = json!({"model": request.model, "messages": messages});
+        if let Some((name, schema)) = &request.json_schema {
+            body["response_format"] = if request.native_schema {
+                json!({"type": "json_schema", "json_schema": {"name": name, "strict": true, "schema": schema}})
+            } else {
+                json!({"type": "json_object"})
+            };
+        }
+        if let Some(t) = request.max_tokens {
+            body["max_tokens"] = json!(t);
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        body
+    }
+
+    fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(key) = &self.provider.key
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        {
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+        for (k, v) in &self.provider.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                h.insert(k, v);
+            }
+        }
+        h
+    }
+
+    fn fail(&self, class: AttemptClass, status: Option<u16>, message: String) -> ProviderError {
+        ProviderError {
+            class,
+            status,
+            message: self.scrubbed(&message),
+            retry_after: None,
+            usage: Usage::default(),
+        }
+    }
+
+    fn scrubbed(&self, text: &str) -> String {
+        let mut t = scrub(text, self.provider.key.iter());
+        if t.len() > 600 {
+            let mut cut = 600;
+            while !t.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            t.truncate(cut);
+            t.push('…');
+        }
+        t
+    }
+
+    async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(&self.url)
+            .headers(self.headers())
+            .timeout(request.timeout)
+            .json(&Self::body(request))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, request, started))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e, request, started))?;
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if !(200..300).contains(&status) {
+            let message = body
+                .as_ref()
+                .and_then(error_message)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            let mut e = self.fail(
+                classify_status(status, &message),
+                Some(status),
+                format!("HTTP {status}: {message}"),
+            );
+            e.retry_after = retry_after;
+            return Err(e);
+        }
+        let Some(body) = body else {
+            return Err(self.fail(
+                AttemptClass::ProviderBadOutput,
+                Some(status),
+                "HTTP 200 with a body that is not JSON".into(),
+            ));
+        };
+        let usage = usage(&body);
+        let bad = |message: String| ProviderError {
+            class: AttemptClass::ProviderBadOutput,
+            status: Some(status),
+            message: self.scrubbed(&message),
+            retry_after: None,
+            usage,
+        };
+        if let Some(message) = error_message(&body) {
+            return Err(bad(format!("HTTP 200 with an error object: {message}")));
+        }
+        let Some(choice) = body
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first())
+        else {
+            return Err(bad("HTTP 200 with no choices".into()));
+        };
+        match choice.get("finish_reason").and_then(Value::as_str) {
+            Some("length") => {
+                return Err(bad(
+                    "output truncated at max_tokens (finish_reason=length)".into()
+                ));
+            }
+            Some("content_filter") => {
+                let mut e = bad("refused by the provider's content filter".into());
+                e.class = AttemptClass::ContentPolicy;
+                return Err(e);
+            }
+            _ => {}
+        }
+        let Some(content) = choice.pointer("/message/content").and_then(Value::as_str) else {
+            return Err(bad("HTTP 200 with no message content".into()));
+        };
+        Ok(Completion {
+            content: content.to_string(),
+            usage,
+            status,
+        })
+    }
+
+    fn transport_error(
+        &self,
+        e: &reqwest::Error,
+        request: &ChatRequest,
+        started: Instant,
+    ) -> ProviderError {
+        let message = if e.is_timeout() {
+            format!(
+                "timed out after {:?} (limit {:?})",
+                started.elapsed(),
+                request.timeout
+            )
+        } else if e.is_connect() {
+            format!("cannot connect to {}: {e}", self.url)
+        } else {
+            format!("request to {} failed: {e}", self.url)
+        };
+        self.fail(AttemptClass::Transient, None, message)
+    }
+}
+
+impl ProviderApi for OpenAiCompatible {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+        Box::pin(self.send(request))
+    }
+}
+
+fn error_message(body: &Value) -> Option<String> {
+    let e = body.get("error")?;
+    Some(
+        e.get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string()),
+    )
+}
+
+fn usage(body: &Value) -> Usage {
+    let n = |p: &str| body.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        prompt_tokens: n("/usage/prompt_tokens"),
+        completion_tokens: n("/usage/completion_tokens"),
+        cached_tokens: n("/usage/prompt_tokens_details/cached_tokens"),
+        reasoning_tokens: n("/usage/completion_tokens_details/reasoning_tokens"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Message;
+    use std::time::Duration;
+
+    #[test]
+    fn body_asks_for_the_schema_natively_or_json_mode() {
+        let mut r = ChatRequest {
+            model: "m".into(),
+            messages: vec![Message {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            json_schema: Some(("out".into(), json!({"type": "object"}))),
+            native_schema: true,
+            max_tokens: Some(10),
+            temperature: None,
+            timeout: Duration::from_secs(1),
+        };
+        let b = OpenAiCompatible::body(&r);
+        assert_eq!(b["response_format"]["type"], "json_schema");
+        assert_eq!(b["response_format"]["json_schema"]["strict"], true);
+        assert_eq!(b["max_tokens"], 10);
+        assert!(b.get("temperature").is_none());
+        r.native_schema = false;
+        assert_eq!(
+            OpenAiCompatible::body(&r)["response_format"]["type"],
+            "json_object"
+        );
+    }
+
+    #[test]
+    fn usage_reads_cached_and_reasoning_tokens() {
+        let u = usage(
+            &json!({"usage": {"prompt_tokens": 10, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2}}}),
+        );
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cached_tokens: 4,
+                reasoning_tokens: 2
+            }
+        );
+    }
+}

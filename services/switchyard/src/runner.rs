@@ -1,0 +1,163 @@
+//! Running a pipeline: one stage worker per selected stage, sharing one producer, one provider
+//! set and the envelope schemas, until shutdown.
+
+use std::sync::Arc;
+
+use rdkafka::producer::FutureProducer;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Pipeline;
+use crate::envelope::Schemas;
+use crate::intake::{StageShared, run_stage};
+use crate::kafka::KafkaSettings;
+use crate::output::Output;
+use crate::provider::ProviderSet;
+use crate::stage::StageRunner;
+
+/// Which stages have partitions assigned: a stage is ready to work once it has some.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    assigned: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Readiness {
+    /// Records how many partitions `stage` now owns.
+    pub fn set_assigned(&self, stage: &str, partitions: usize) {
+        self.assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stage.to_string(), partitions);
+        self.changed.notify_waiters();
+    }
+
+    /// Partitions owned, by stage.
+    pub fn assigned(&self) -> std::collections::BTreeMap<String, usize> {
+        self.assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until every stage in `stages` owns at least one partition; false on timeout.
+    pub async fn wait_for(&self, stages: &[String], timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            let now = self.assigned();
+            if stages.iter().all(|s| now.get(s).is_some_and(|n| *n > 0)) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Kafka connection.
+    pub kafka: KafkaSettings,
+    /// Only these stages (all when empty).
+    pub stages: Vec<String>,
+    /// Consumer group prefix; each stage's group is `<prefix>.<pipeline>.<stage>`.
+    pub group_prefix: String,
+    /// Updated as stages get and lose partitions.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Why a pipeline could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A `--stage` that the pipeline does not have.
+    #[error("pipeline `{pipeline}` has no stage `{stage}` (stages: {known})")]
+    UnknownStage {
+        /// Pipeline.
+        pipeline: String,
+        /// The name given.
+        stage: String,
+        /// The names it has.
+        known: String,
+    },
+    /// Setup failed.
+    #[error("{0}")]
+    Setup(String),
+    /// A stage worker failed.
+    #[error(transparent)]
+    Worker(#[from] crate::intake::WorkerError),
+}
+
+/// Runs the pipeline's stages until `shutdown` is cancelled, then drains and commits.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    for s in &options.stages {
+        if !pipeline.stages.iter().any(|st| &st.name == s) {
+            return Err(RunError::UnknownStage {
+                pipeline: pipeline.name.clone(),
+                stage: s.clone(),
+                known: pipeline
+                    .stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let schemas = Arc::new(Schemas::load().map_err(|e| RunError::Setup(e.to_string()))?);
+    let providers = Arc::new(
+        ProviderSet::new(pipeline.providers.values())
+            .map_err(|e| RunError::Setup(format!("HTTP client: {e}")))?,
+    );
+    let producer: FutureProducer = options.kafka.producer().create().map_err(|e| {
+        RunError::Setup(format!(
+            "cannot create the Kafka producer for {}: {e}",
+            options.kafka.brokers
+        ))
+    })?;
+    let output = Arc::new(Output::new(producer));
+
+    let mut workers = JoinSet::new();
+    for (i, stage) in pipeline.stages.iter().enumerate() {
+        if !options.stages.is_empty() && !options.stages.contains(&stage.name) {
+            continue;
+        }
+        let next = pipeline.stages.get(i + 1).map(|s| s.name.clone());
+        let runner = StageRunner::new(stage.clone(), next, providers.clone())
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let shared = Arc::new(StageShared {
+            pipeline: pipeline.clone(),
+            runner,
+            schemas: schemas.clone(),
+            output: output.clone(),
+        });
+        let group = format!("{}.{}.{}", options.group_prefix, pipeline.name, stage.name);
+        let kafka = options.kafka.clone();
+        let token = shutdown.clone();
+        let readiness = options.readiness.clone();
+        workers.spawn(async move { run_stage(shared, &kafka, &group, readiness, token).await });
+    }
+    let mut first_error = None;
+    while let Some(done) = workers.join_next().await {
+        let result = match done {
+            Ok(r) => r.map_err(RunError::from),
+            Err(e) => Err(RunError::Setup(format!("a stage worker crashed: {e}"))),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "stage worker stopped; shutting the others down");
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    output.flush(std::time::Duration::from_secs(10));
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
