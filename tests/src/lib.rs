@@ -1,1 +1,246 @@
+//! Shared harness for the end-to-end tests: an embedded broker reached over TCP, llm-sim over
+//! HTTP, the shipped support-triage pipeline pointed at them, and helpers to produce jobs and
+//! read every result and dead letter back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::broker::EmbeddedBroker;
+use switchyard::config::Pipeline;
+use switchyard::demo::Tally;
+use switchyard::envelope::{Intake, now};
+use switchyard::kafka::KafkaSettings;
+use switchyard::produce::{produce_jobs, read_until, reader, send_all};
+use switchyard::runner::{Readiness, RunOptions, run};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shipped support-triage pipeline folder.
+pub fn triage_dir() -> PathBuf {
+    repo_root().join("pipelines/support-triage")
+}
+
+/// The shipped simulator profile with every random fault turned off and no latency, so a test
+/// decides each job's fate with prompt directives and provider faults alone.
+pub fn quiet_profile() -> llm_sim::Profile {
+    let mut p = llm_sim::Profile::default_profile().unwrap();
+    p.latency_scale = 0.0;
+    for m in p.models.values_mut() {
+        m.faults = llm_sim::FaultRates::default();
+    }
+    p
+}
+
+/// Kafka settings for tests: a short session timeout so a killed member is noticed quickly.
+pub fn test_kafka(bootstrap: &str) -> KafkaSettings {
+    KafkaSettings::new(bootstrap)
+        .with_options(&["session.timeout.ms=6000".to_string()])
+        .unwrap()
+}
+
+/// A broker, a simulator and a pipeline configuration, ready to run.
+pub struct Harness {
+    /// The embedded broker.
+    pub broker: EmbeddedBroker,
+    /// The simulator.
+    pub sim: llm_sim::SimServer,
+    /// Kafka settings pointing at the broker.
+    pub kafka: KafkaSettings,
+    /// The pipeline, providers pointed at the simulator.
+    pub pipeline: Pipeline,
+    running: Option<(
+        CancellationToken,
+        JoinHandle<Result<(), switchyard::runner::RunError>>,
+    )>,
+}
+
+impl Harness {
+    /// Starts a broker with the pipeline's topics (`partitions` each) and a simulator.
+    pub async fn start(profile: llm_sim::Profile, partitions: i32) -> Harness {
+        let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let mut pipeline = Pipeline::load(&triage_dir()).unwrap();
+        pipeline.point_providers_at(&sim.base_url());
+        let broker = EmbeddedBroker::start().unwrap();
+        for t in pipeline.all_topics() {
+            broker.create_topic(&t, partitions).unwrap();
+        }
+        let kafka = test_kafka(broker.bootstrap());
+        Harness {
+            broker,
+            sim,
+            kafka,
+            pipeline,
+            running: None,
+        }
+    }
+
+    /// Runs every stage in-process and waits until each owns partitions.
+    pub async fn run_pipeline(&mut self) {
+        let shutdown = CancellationToken::new();
+        let readiness = Arc::new(Readiness::default());
+        let options = RunOptions {
+            kafka: self.kafka.clone(),
+            stages: Vec::new(),
+            group_prefix: "e2e".into(),
+            readiness: readiness.clone(),
+        };
+        let handle = tokio::spawn(run(
+            Arc::new(self.pipeline.clone()),
+            options,
+            shutdown.clone(),
+        ));
+        let stages: Vec<String> = self
+            .pipeline
+            .stages
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert!(
+            readiness.wait_for(&stages, Duration::from_secs(30)).await,
+            "stages never got partitions: {:?}",
+            readiness.assigned()
+        );
+        self.running = Some((shutdown, handle));
+    }
+
+    /// Stops the in-process pipeline gracefully and returns its result.
+    pub async fn stop_pipeline(&mut self) {
+        if let Some((token, handle)) = self.running.take() {
+            token.cancel();
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    /// Produces jobs to the intake topic.
+    pub async fn produce(&self, jobs: &[Intake]) {
+        produce_jobs(&self.kafka, &self.pipeline.topics.intake, jobs)
+            .await
+            .unwrap();
+    }
+
+    /// Produces raw bytes to the intake topic.
+    pub async fn produce_raw(&self, values: &[Vec<u8>]) {
+        let messages: Vec<(String, Vec<u8>)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("raw-{i}"), v.clone()))
+            .collect();
+        send_all(&self.kafka, &self.pipeline.topics.intake, &messages)
+            .await
+            .unwrap();
+    }
+
+    /// Reads results and dead letters until every expected job ended and `unnamed` dead letters
+    /// without a job id arrived, or `timeout` passes with nothing new.
+    pub async fn collect(
+        &self,
+        expected: &HashSet<String>,
+        unnamed: usize,
+        timeout: Duration,
+    ) -> Tally {
+        collect(&self.kafka, &self.pipeline, expected, unnamed, timeout).await
+    }
+}
+
+/// Reads a pipeline's results and dead letters back (see [`Harness::collect`]).
+pub async fn collect(
+    kafka: &KafkaSettings,
+    pipeline: &Pipeline,
+    expected: &HashSet<String>,
+    unnamed: usize,
+    timeout: Duration,
+) -> Tally {
+    let consumer = reader(kafka, &[&pipeline.topics.results, &pipeline.topics.dlq]).unwrap();
+    let mut tally = Tally::default();
+    let dlq = pipeline.topics.dlq.clone();
+    read_until(&consumer, timeout, |topic, payload| {
+        tally.add(topic == dlq, payload);
+        tally.finished_count(expected) == expected.len() && tally.dead_without_id.len() >= unnamed
+    })
+    .await;
+    tally
+}
+
+/// An intake job for the support-triage pipeline.
+pub fn job(id: &str, text: &str) -> Intake {
+    Intake {
+        job_id: id.to_string(),
+        tenant: "acme".into(),
+        pipeline: "support-triage".into(),
+        payload: serde_json::json!({"text": text, "channel": "email"}),
+        created_at: now(),
+        metadata: BTreeMap::new(),
+        redrive_count: 0,
+    }
+}
+
+/// The ids of some jobs.
+pub fn ids(jobs: &[Intake]) -> HashSet<String> {
+    jobs.iter().map(|j| j.job_id.clone()).collect()
+}
+
+/// The `switchyard` binary cargo built beside this test binary.
+pub fn switchyard_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SWITCHYARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("switchyard");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` so cargo builds it (or set SWITCHYARD_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Copies the repository's `pipelines/` folder into `dest`, so a test can edit a pipeline.
+pub fn copy_pipelines(dest: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+    let to = dest.join("pipelines");
+    copy(&repo_root().join("pipelines"), &to);
+    to
+}
+
+/// A `switchyard run` child process for the support-triage pipeline in `pipelines`.
+pub fn spawn_run(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::process::Child {
+    std::process::Command::new(switchyard_bin())
+        .args(["run", "--pipeline"])
+        .arg(pipelines.join("support-triage"))
+        .args(["--brokers", bootstrap, "-X", "session.timeout.ms=6000"])
+        .env(
+            "SWITCHYARD_PROVIDER_SIMCLOUD_URL",
+            format!("{sim_base}/simcloud/v1"),
+        )
+        .env(
+            "SWITCHYARD_PROVIDER_SIMEDGE_URL",
+            format!("{sim_base}/simedge/v1"),
+        )
+        .env("SWITCHYARD_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

@@ -52,7 +52,7 @@ impl KafkaSettings {
         let mut c = self.base();
         c.set("group.id", group)
             .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
+            .set("auto.commit.interval.ms", "250")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
