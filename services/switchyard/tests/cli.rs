@@ -54,7 +54,7 @@ fn misspelled_key_is_reported_with_file_and_line() {
     )
     .unwrap();
 
-    let (ok, _, stderr) = validate(&yaml.parent().unwrap().to_path_buf());
+    let (ok, _, stderr) = validate(yaml.parent().unwrap());
     assert!(!ok, "a misspelled key must fail validation");
     let expected = format!("{}:{line}:", yaml.display());
     assert!(
@@ -84,7 +84,7 @@ fn route_to_an_unknown_model_names_the_line_and_the_fix() {
         + 1;
     std::fs::write(&yaml, text.replace("simlab/sage-max", "simlab/sage-maxx")).unwrap();
 
-    let (ok, _, stderr) = validate(&yaml.parent().unwrap().to_path_buf());
+    let (ok, _, stderr) = validate(yaml.parent().unwrap());
     assert!(!ok);
     assert!(
         stderr.contains(&format!("pipeline.yaml:{line}:")),
