@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::envelope::{Intake, now};
@@ -110,16 +111,41 @@ pub async fn produce_jobs(
     send_all(kafka, topic, &messages).await
 }
 
-/// A reader of whole topics from the beginning (no committed offsets).
+/// A reader of whole topics from the beginning. Partitions are assigned directly (no group
+/// join), so it reads from the moment it is created.
 pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, String> {
     let group = format!("switchyard-reader-{}", uuid::Uuid::new_v4());
     let consumer: StreamConsumer = kafka
         .reader(&group)
         .create()
         .map_err(|e| format!("cannot create a reader for {}: {e}", kafka.brokers))?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| {
+                format!(
+                    "cannot read the metadata of {topic} from {}: {e}",
+                    kafka.brokers
+                )
+            })?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == *topic)
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            return Err(format!("topic {topic} does not exist on {}", kafka.brokers));
+        }
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| format!("cannot assign {topic}/{p}: {e}"))?;
+        }
+    }
     consumer
-        .subscribe(topics)
-        .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        .assign(&tpl)
+        .map_err(|e| format!("cannot assign {topics:?}: {e}"))?;
     Ok(consumer)
 }
 
