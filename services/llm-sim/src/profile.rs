@@ -69,6 +69,9 @@ pub struct ModelProfile {
     /// Fault rates for this model, whichever provider serves it.
     #[serde(default)]
     pub faults: FaultRates,
+    /// Context window in tokens (≈ 4 characters each); longer prompts get HTTP 400.
+    #[serde(default)]
+    pub context_length: Option<u64>,
 }
 
 fn default_tps() -> f64 {
@@ -170,7 +173,7 @@ impl FaultRates {
 }
 
 /// Behaviour of one simulated provider.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderProfile {
     /// Faults added to every model this provider serves.
@@ -179,6 +182,19 @@ pub struct ProviderProfile {
     /// Models this provider serves (all when empty); others get 404.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Multiplies this provider's latencies (a slow provider).
+    #[serde(default = "one")]
+    pub latency_multiplier: f64,
+}
+
+impl Default for ProviderProfile {
+    fn default() -> Self {
+        Self {
+            faults: FaultRates::default(),
+            models: Vec::new(),
+            latency_multiplier: 1.0,
+        }
+    }
 }
 
 /// A key the simulator knows.
@@ -186,7 +202,14 @@ pub struct ProviderProfile {
 #[serde(deny_unknown_fields)]
 pub struct KeyProfile {
     /// Requests per minute this key may make; more get 429 with Retry-After.
-    pub rpm: u32,
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// A revoked key: every request gets 401.
+    #[serde(default)]
+    pub revoked: bool,
+    /// A key without credit: every request gets 402.
+    #[serde(default)]
+    pub out_of_credit: bool,
 }
 
 /// An error loading a profile.

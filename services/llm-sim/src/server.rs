@@ -1,5 +1,6 @@
 //! The HTTP face of the simulator: OpenAI chat completions at `/v1/chat/completions` and
-//! `/{provider}/v1/chat/completions`, counters at `/sim/stats`, and runtime fault control at
+//! `/{provider}/v1/chat/completions`, Anthropic messages at `/v1/messages` and
+//! `/{provider}/v1/messages`, counters at `/sim/stats`, and runtime fault control at
 //! `/sim/providers/{provider}/faults`.
 //!
 //! Prompt directives let a test force one behaviour for one job without a special profile:
@@ -7,7 +8,7 @@
 //! re-ask, which carries an assistant turn, is answered normally); `[sim:KIND:always]` forces it
 //! on every turn; `@TARGET` after KIND limits it to one model or one tier (`@cheap`, `@strong`).
 //! KIND is one of `server_error`, `unavailable`, `timeout`, `in_band_error`, `malformed_json`,
-//! `schema_violation`, `low_confidence`, `high_confidence`.
+//! `schema_violation`, `content_filter`, `low_confidence`, `high_confidence`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -91,6 +92,8 @@ pub fn router(sim: Arc<Simulator>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_bare))
         .route("/{provider}/v1/chat/completions", post(chat_provider))
+        .route("/v1/messages", post(messages_bare))
+        .route("/{provider}/v1/messages", post(messages_provider))
         .route("/sim/stats", get(stats))
         .route("/sim/reset", post(reset))
         .route("/sim/providers/{provider}/faults", put(set_faults))
@@ -153,12 +156,13 @@ async fn set_faults(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             &e.to_string(),
+            None,
         ),
     }
 }
 
 async fn chat_bare(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes) -> Response {
-    chat(sim, None, headers, body).await
+    serve(sim, None, headers, body, Api::OpenAi).await
 }
 
 async fn chat_provider(
@@ -167,7 +171,31 @@ async fn chat_provider(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(sim, Some(provider), headers, body).await
+    serve(sim, Some(provider), headers, body, Api::OpenAi).await
+}
+
+async fn messages_bare(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(sim, None, headers, body, Api::Anthropic).await
+}
+
+async fn messages_provider(
+    State(sim): State<Arc<Simulator>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(sim, Some(provider), headers, body, Api::Anthropic).await
+}
+
+/// Which wire format a request came in (and its answer goes out) in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
 }
 
 /// What one request turned out to be.
@@ -180,6 +208,7 @@ enum Fault {
     InBandError,
     MalformedJson,
     SchemaViolation,
+    ContentFilter,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -188,85 +217,218 @@ struct Directives {
     confidence: Option<f64>,
 }
 
-async fn chat(
+/// A request in either API, reduced to what the simulator needs.
+struct ChatInput {
+    model: String,
+    /// (role, text) in order; the system prompt, if any, first.
+    messages: Vec<(String, String)>,
+    schema: Option<Value>,
+    /// Anthropic: the tool to answer with (structured output through a forced tool call).
+    tool: Option<String>,
+}
+
+/// The simulator's answer before it is put in a wire format.
+enum Outcome {
+    Error {
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    InBandError,
+    Answer {
+        tool: Option<String>,
+        content: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        filtered: bool,
+    },
+}
+
+fn fail(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Outcome {
+    Outcome::Error {
+        status,
+        kind,
+        message: message.into(),
+        retry_after: None,
+    }
+}
+
+async fn serve(
     sim: Arc<Simulator>,
     provider: Option<String>,
     headers: HeaderMap,
     body: Bytes,
+    api: Api,
 ) -> Response {
     let _guard = sim.stats.enter();
     let profile = sim.profile();
-    let provider_name = provider.clone().unwrap_or_else(|| "-".to_string());
-    let (status, response) = answer(&sim, &profile, provider.as_deref(), &headers, &body).await;
-    let model = serde_json::from_slice::<Value>(&body)
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let model = parsed
+        .as_ref()
         .ok()
-        .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_else(|| "-".to_string());
-    sim.stats.record(&provider_name, &model, status.as_u16());
+        .and_then(|v| v.get("model").and_then(Value::as_str))
+        .unwrap_or("-")
+        .to_string();
+    let outcome = match parsed {
+        Ok(request) => match read_input(&request, api) {
+            Ok(input) => simulate(&sim, &profile, provider.as_deref(), &headers, input).await,
+            Err(message) => fail(StatusCode::BAD_REQUEST, "invalid_request_error", message),
+        },
+        Err(e) => fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("request body is not JSON: {e}"),
+        ),
+    };
+    let (status, response) = match api {
+        Api::OpenAi => openai_response(&model, outcome),
+        Api::Anthropic => anthropic_response(&model, outcome),
+    };
+    sim.stats
+        .record(provider.as_deref().unwrap_or("-"), &model, status.as_u16());
     response
 }
 
-async fn answer(
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn read_input(request: &Value, api: Api) -> Result<ChatInput, String> {
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or("`model` is required")?
+        .to_string();
+    let raw = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("`messages` is required")?;
+    let mut messages = Vec::new();
+    if api == Api::Anthropic {
+        if let Some(system) = request.get("system") {
+            messages.push(("system".to_string(), text_of(system)));
+        }
+        if request.get("max_tokens").and_then(Value::as_u64).is_none() {
+            return Err("max_tokens: Field required".into());
+        }
+    }
+    for m in raw {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user")
+            .to_string();
+        messages.push((role, text_of(m.get("content").unwrap_or(&Value::Null))));
+    }
+    let (schema, tool) = match api {
+        Api::OpenAi => (
+            request
+                .pointer("/response_format/json_schema/schema")
+                .cloned(),
+            None,
+        ),
+        Api::Anthropic => {
+            let forced = request.pointer("/tool_choice/name").and_then(Value::as_str);
+            let tool = request
+                .get("tools")
+                .and_then(Value::as_array)
+                .and_then(|tools| {
+                    tools.iter().find(|t| {
+                        forced.is_none_or(|f| t.get("name").and_then(Value::as_str) == Some(f))
+                    })
+                });
+            match tool {
+                Some(t) => (
+                    t.get("input_schema").cloned(),
+                    t.get("name").and_then(Value::as_str).map(str::to_string),
+                ),
+                None => (request.pointer("/output_format/schema").cloned(), None),
+            }
+        }
+    };
+    Ok(ChatInput {
+        model,
+        messages,
+        schema,
+        tool,
+    })
+}
+
+async fn simulate(
     sim: &Simulator,
     profile: &Profile,
     provider: Option<&str>,
     headers: &HeaderMap,
-    body: &[u8],
-) -> (StatusCode, Response) {
+    input: ChatInput,
+) -> Outcome {
     let key = bearer(headers).unwrap_or("anonymous");
-    let (label, rpm) = match profile.keys.get(key) {
-        Some(k) => (key_label(key), Some(k.rpm)),
-        None => (key_label(key), profile.default_key_rpm),
-    };
-    if let Err(wait) = sim.stats.admit(key, &label, rpm, Instant::now()) {
-        let mut resp = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            &format!(
+    let known = profile.keys.get(key);
+    let rpm = known.map_or(profile.default_key_rpm, |k| k.rpm);
+    if let Err(wait) = sim.stats.admit(key, &key_label(key), rpm, Instant::now()) {
+        return Outcome::Error {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message: format!(
                 "rate limit of {} requests/min reached for this key",
                 rpm.unwrap_or(0)
             ),
+            retry_after: Some(wait.as_secs_f64().ceil() as u64),
+        };
+    }
+    if known.is_some_and(|k| k.revoked) {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid x-api-key / bearer token",
         );
-        let secs = wait.as_secs_f64().ceil() as u64;
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return (StatusCode::TOO_MANY_REQUESTS, resp);
+    }
+    if known.is_some_and(|k| k.out_of_credit) {
+        return fail(
+            StatusCode::PAYMENT_REQUIRED,
+            "billing_error",
+            "this key has no credit left",
+        );
+    }
+    let provider_profile = provider.and_then(|p| profile.providers.get(p));
+    let served = provider_profile
+        .is_none_or(|p| p.models.is_empty() || p.models.iter().any(|m| m == &input.model));
+    let Some(model) = profile.models.get(&input.model).filter(|_| served) else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            format!(
+                "The model `{}` does not exist or is not served here",
+                input.model
+            ),
+        );
+    };
+    let prompt_chars: usize = input.messages.iter().map(|(_, t)| t.len()).sum();
+    let prompt_tokens = (prompt_chars / 4 + 1) as u64;
+    if let Some(limit) = model.context_length
+        && prompt_tokens > limit
+    {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!(
+                "This model's maximum context length is {limit} tokens; the prompt has {prompt_tokens} tokens"
+            ),
+        );
     }
 
-    let request: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = format!("request body is not JSON: {e}");
-            return bad(StatusCode::BAD_REQUEST, "invalid_request_error", &msg);
-        }
-    };
-    let Some(model_name) = request.get("model").and_then(Value::as_str) else {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "`model` is required",
-        );
-    };
-    let served = provider
-        .and_then(|p| profile.providers.get(p))
-        .is_none_or(|p| p.models.is_empty() || p.models.iter().any(|m| m == model_name));
-    let Some(model) = profile.models.get(model_name).filter(|_| served) else {
-        let msg = format!("The model `{model_name}` does not exist or is not served here");
-        return bad(StatusCode::NOT_FOUND, "invalid_request_error", &msg);
-    };
-    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "`messages` is required",
-        );
-    };
-
-    let conversation = serde_json::to_string(messages).unwrap_or_default();
+    let conversation = serde_json::to_string(&input.messages).unwrap_or_default();
     let content_seed = crate::fnv1a_parts(&[
         &profile.seed.to_le_bytes(),
-        model_name.as_bytes(),
+        input.model.as_bytes(),
         conversation.as_bytes(),
     ]);
     let fault_seed = crate::fnv1a_parts(&[
@@ -274,51 +436,45 @@ async fn answer(
         provider.unwrap_or("-").as_bytes(),
         b"fault",
     ]);
-    let directives = directives(messages, model_name, model.tier);
+    let directives = directives(&input.messages, &input.model, model.tier);
     let faults = profile.faults_for(provider, model);
     let fault = directives
         .fault
         .unwrap_or_else(|| draw_fault(&faults, &mut StdRng::seed_from_u64(fault_seed)));
 
     let mut rng = StdRng::seed_from_u64(content_seed);
-    let prompt_chars: usize = messages
-        .iter()
-        .filter_map(|m| m.get("content").and_then(Value::as_str))
-        .map(str::len)
-        .sum();
-    let ttft = sample_latency(model, &mut rng).mul_f64(profile.latency_scale.max(0.0));
+    let scale = profile.latency_scale.max(0.0)
+        * provider_profile.map_or(1.0, |p| p.latency_multiplier.max(0.0));
+    let ttft = sample_latency(model, &mut rng).mul_f64(scale);
 
     match fault {
         Fault::ServerError => {
             tokio::time::sleep(ttft).await;
-            return bad(
+            return fail(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
+                "api_error",
                 "simulated internal error",
             );
         }
         Fault::Unavailable => {
             tokio::time::sleep(ttft / 4).await;
-            return bad(
+            return fail(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                "overloaded_error",
                 "simulated outage: provider unavailable",
             );
         }
         Fault::Timeout => {
             tokio::time::sleep(profile.timeout_hang).await;
-            return bad(
+            return fail(
                 StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
+                "timeout_error",
                 "simulated upstream timeout",
             );
         }
         _ => {}
     }
 
-    let schema = request
-        .pointer("/response_format/json_schema/schema")
-        .cloned();
     let confidence = directives.confidence.unwrap_or_else(|| {
         Normal::new(model.confidence.mean, model.confidence.spread.max(0.0))
             .map(|d| d.sample(&mut rng))
@@ -326,56 +482,133 @@ async fn answer(
             .clamp(0.01, 0.99)
     });
     let style = AnswerStyle { confidence };
-    let mut content = match (&schema, fault) {
+    let mut content = match (&input.schema, fault) {
         (Some(s), Fault::SchemaViolation) => generate::violating(s, &mut rng, style).to_string(),
         (Some(s), _) => generate::conforming(s, &mut rng, style).to_string(),
-        (None, _) => format!("This is a simulated answer from {model_name}."),
+        (None, _) => format!("This is a simulated answer from {}.", input.model),
     };
     if fault == Fault::MalformedJson {
         let cut = content.len() / 2;
         content = content.chars().take(cut).collect();
     }
-    let prompt_tokens = (prompt_chars / 4 + 1) as u64;
     let completion_tokens = (content.len() / 4 + 1) as u64;
-    let generation = Duration::from_secs_f64(
-        completion_tokens as f64 / model.tokens_per_s.max(1.0) * profile.latency_scale.max(0.0),
-    );
+    let generation =
+        Duration::from_secs_f64(completion_tokens as f64 / model.tokens_per_s.max(1.0) * scale);
     tokio::time::sleep(ttft + generation).await;
-
-    let id = format!("chatcmpl-sim-{content_seed:016x}");
     if fault == Fault::InBandError {
-        let body = json!({
-            "id": id, "object": "chat.completion", "model": model_name, "choices": [],
-            "error": {"message": "simulated upstream error", "code": 502}
-        });
-        return (StatusCode::OK, axum::Json(body).into_response());
+        return Outcome::InBandError;
     }
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": 0,
-        "model": model_name,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": "stop"
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens
+    Outcome::Answer {
+        tool: input.tool,
+        content,
+        prompt_tokens,
+        completion_tokens,
+        filtered: fault == Fault::ContentFilter,
+    }
+}
+
+fn openai_response(model: &str, outcome: Outcome) -> (StatusCode, Response) {
+    match outcome {
+        Outcome::Error {
+            status,
+            kind,
+            message,
+            retry_after,
+        } => (status, error(status, kind, &message, retry_after)),
+        Outcome::InBandError => {
+            let body = json!({
+                "id": "chatcmpl-sim-error", "object": "chat.completion", "model": model, "choices": [],
+                "error": {"message": "simulated upstream error", "code": 502}
+            });
+            (StatusCode::OK, axum::Json(body).into_response())
         }
-    });
-    (StatusCode::OK, axum::Json(body).into_response())
+        Outcome::Answer {
+            content,
+            prompt_tokens,
+            completion_tokens,
+            filtered,
+            ..
+        } => {
+            let (content, finish) = if filtered {
+                (Value::Null, "content_filter")
+            } else {
+                (json!(content), "stop")
+            };
+            let body = json!({
+                "id": format!("chatcmpl-sim-{:016x}", crate::fnv1a(model.as_bytes()) ^ prompt_tokens),
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}
+            });
+            (StatusCode::OK, axum::Json(body).into_response())
+        }
+    }
 }
 
-fn bad(status: StatusCode, kind: &str, message: &str) -> (StatusCode, Response) {
-    (status, error(status, kind, message))
+fn anthropic_response(model: &str, outcome: Outcome) -> (StatusCode, Response) {
+    match outcome {
+        Outcome::Error {
+            status,
+            kind,
+            message,
+            retry_after,
+        } => {
+            let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+            let mut resp = (status, axum::Json(body)).into_response();
+            if let Some(secs) = retry_after
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            (status, resp)
+        }
+        Outcome::InBandError => {
+            // Anthropic reports overload mid-request as 529.
+            let status = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": "simulated overload"}});
+            (status, (status, axum::Json(body)).into_response())
+        }
+        Outcome::Answer {
+            tool,
+            content,
+            prompt_tokens,
+            completion_tokens,
+            filtered,
+        } => {
+            let parsed: Option<Value> =
+                serde_json::from_str(&content).ok().filter(Value::is_object);
+            let (blocks, stop) = if filtered {
+                (json!([]), "refusal")
+            } else if let (Some(name), Some(input)) = (tool, parsed) {
+                (
+                    json!([{"type": "tool_use", "id": "toolu_sim", "name": name, "input": input}]),
+                    "tool_use",
+                )
+            } else {
+                (json!([{"type": "text", "text": content}]), "end_turn")
+            };
+            let body = json!({
+                "id": "msg_sim", "type": "message", "role": "assistant", "model": model,
+                "content": blocks, "stop_reason": stop,
+                "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
+            });
+            (StatusCode::OK, axum::Json(body).into_response())
+        }
+    }
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+fn error(status: StatusCode, kind: &str, message: &str, retry_after: Option<u64>) -> Response {
     let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
-    (status, axum::Json(body)).into_response()
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -417,15 +650,13 @@ fn draw_fault(f: &FaultRates, rng: &mut StdRng) -> Fault {
     Fault::None
 }
 
-fn directives(messages: &[Value], model: &str, tier: Tier) -> Directives {
-    let repair_turn = messages
-        .iter()
-        .any(|m| m.get("role").and_then(Value::as_str) == Some("assistant"));
+fn directives(messages: &[(String, String)], model: &str, tier: Tier) -> Directives {
+    let repair_turn = messages.iter().any(|(role, _)| role == "assistant");
     let mut out = Directives::default();
     for text in messages
         .iter()
-        .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .filter_map(|m| m.get("content").and_then(Value::as_str))
+        .filter(|(role, _)| role == "user")
+        .map(|(_, t)| t.as_str())
     {
         let mut rest = text;
         while let Some(start) = rest.find("[sim:") {
@@ -460,6 +691,7 @@ fn directives(messages: &[Value], model: &str, tier: Tier) -> Directives {
                 "in_band_error" => out.fault = Some(Fault::InBandError),
                 "malformed_json" => out.fault = Some(Fault::MalformedJson),
                 "schema_violation" => out.fault = Some(Fault::SchemaViolation),
+                "content_filter" => out.fault = Some(Fault::ContentFilter),
                 "ok" => out.fault = Some(Fault::None),
                 "low_confidence" => out.confidence = Some(0.2),
                 "high_confidence" => out.confidence = Some(0.97),
@@ -474,8 +706,12 @@ fn directives(messages: &[Value], model: &str, tier: Tier) -> Directives {
 mod tests {
     use super::*;
 
-    fn user(text: &str) -> Value {
-        json!({"role": "user", "content": text})
+    fn user(text: &str) -> (String, String) {
+        ("user".into(), text.into())
+    }
+
+    fn assistant(text: &str) -> (String, String) {
+        ("assistant".into(), text.into())
     }
 
     #[test]
@@ -485,14 +721,11 @@ mod tests {
         assert_eq!(d.fault, Some(Fault::SchemaViolation));
         let repair = [
             user("hello [sim:schema_violation]"),
-            json!({"role": "assistant", "content": "{}"}),
+            assistant("{}"),
             user("fix it"),
         ];
         assert_eq!(directives(&repair, "m", Tier::Cheap).fault, None);
-        let always = [
-            user("[sim:server_error:always@cheap] x"),
-            json!({"role": "assistant", "content": "{}"}),
-        ];
+        let always = [user("[sim:server_error:always@cheap] x"), assistant("{}")];
         assert_eq!(
             directives(&always, "m", Tier::Cheap).fault,
             Some(Fault::ServerError)

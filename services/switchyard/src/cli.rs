@@ -39,6 +39,84 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Check a pipeline's config, prompts and schemas; errors name file and line.
     Validate(ValidateArgs),
+    /// List the catalog's models and endpoints.
+    Models(ModelsArgs),
+    /// Explain a stage's route: ordered candidates, and why each left-out endpoint is out.
+    Route {
+        /// What to do.
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// Work with the model catalog.
+    Catalog {
+        /// What to do.
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+/// `switchyard route …`.
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Print the ordered candidates of a stage and the rule that left each other endpoint out.
+    Explain(ExplainArgs),
+}
+
+/// `switchyard catalog …`.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Convert OpenRouter's models listing (JSON from /api/v1/models) into catalog.yaml.
+    Import(ImportArgs),
+}
+
+/// `switchyard route explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Pipeline folder.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Stage name.
+    #[arg(long)]
+    pub stage: String,
+    /// Estimated prompt size in tokens (checks context windows).
+    #[arg(long)]
+    pub prompt_tokens: Option<u64>,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `switchyard models`.
+#[derive(Debug, clap::Args)]
+pub struct ModelsArgs {
+    /// Catalog file.
+    #[arg(long, default_value = "pipelines/catalog.yaml")]
+    pub catalog: PathBuf,
+    /// Sort order.
+    #[arg(long, value_enum, default_value = "price")]
+    pub sort: crate::catalog::ModelSort,
+    /// Only models with this capability (json_schema, tools, logprobs).
+    #[arg(long)]
+    pub capability: Option<String>,
+    /// Only endpoints whose input and output prices are at most this (USD per million tokens).
+    #[arg(long)]
+    pub max_price: Option<f64>,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `switchyard catalog import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// OpenRouter models JSON.
+    pub file: PathBuf,
+    /// Provider name the endpoints are called through.
+    #[arg(long, default_value = "openrouter")]
+    pub provider: String,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `switchyard demo`.
@@ -142,6 +220,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run_pipeline(a).await,
         Command::Produce(a) => produce(a).await,
         Command::Validate(a) => validate(&a.pipeline),
+        Command::Models(a) => models(a),
+        Command::Route {
+            command: RouteCommand::Explain(a),
+        } => explain(a),
+        Command::Catalog {
+            command: CatalogCommand::Import(a),
+        } => import(a),
     }
 }
 
@@ -288,17 +373,119 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
         p.topics.intake, p.topics.results, p.topics.dlq
     );
     for s in &p.stages {
-        let models: Vec<String> = s
-            .endpoints
-            .iter()
-            .map(|e| format!("{}@{}", e.model, e.provider))
-            .collect();
+        let plan = crate::route::plan(
+            &s.models,
+            &s.route.provider,
+            &crate::route::Needs::default(),
+            &|_| Default::default(),
+            0,
+        );
+        let models: Vec<String> = plan.candidates.iter().map(|c| c.endpoint.id()).collect();
         println!(
             "  stage {} (reads {}): {}",
             s.name,
             s.input_topic,
             models.join(" → ")
         );
+    }
+    Ok(())
+}
+
+fn locate_file(path: &Path) -> PathBuf {
+    if path.exists() || path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    if from_source.exists() {
+        from_source
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn models(a: ModelsArgs) -> anyhow::Result<()> {
+    let catalog = crate::catalog::load(&locate_file(&a.catalog))?;
+    let rows = crate::catalog::rows(&catalog, a.sort, a.capability.as_deref(), a.max_price);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", crate::catalog::table(&rows));
+    }
+    Ok(())
+}
+
+fn explain(a: ExplainArgs) -> anyhow::Result<()> {
+    let p = load(&a.pipeline)?;
+    let stage = p.stages.iter().find(|s| s.name == a.stage).ok_or_else(|| {
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        anyhow!(
+            "pipeline `{}` has no stage `{}` (stages: {})",
+            p.name,
+            a.stage,
+            names.join(", ")
+        )
+    })?;
+    let mut parameters = vec!["response_format".to_string()];
+    if stage.route.max_tokens.is_some() {
+        parameters.push("max_tokens".into());
+    }
+    if stage.route.temperature.is_some() {
+        parameters.push("temperature".into());
+    }
+    let needs = crate::route::Needs {
+        parameters,
+        prompt_tokens: a.prompt_tokens,
+    };
+    let plan = crate::route::plan(
+        &stage.models,
+        &stage.route.provider,
+        &needs,
+        &|_| Default::default(),
+        0,
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    println!(
+        "route of {}/{} (no health data here; a running worker also pushes back open breakers)",
+        p.name, stage.name
+    );
+    for (i, c) in plan.candidates.iter().enumerate() {
+        let e = c.endpoint;
+        println!(
+            "  {}. {:<32} in ${:.2}/M out ${:.2}/M ctx {:>7}  {}",
+            i + 1,
+            e.id(),
+            e.input.as_usd(),
+            e.output.as_usd(),
+            e.context_length,
+            c.why
+        );
+    }
+    if plan.excluded.is_empty() {
+        println!("  nothing left out");
+    }
+    for x in &plan.excluded {
+        println!("  left out {}:{}: {}", x.provider, x.model, x.rule);
+    }
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> anyhow::Result<()> {
+    let json = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let catalog = crate::catalog::import_openrouter(&json, &a.provider)
+        .with_context(|| format!("{}", a.file.display()))?;
+    let yaml = serde_norway::to_string(&catalog)?;
+    match &a.out {
+        Some(out) => {
+            std::fs::write(out, yaml).with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("wrote {} models to {}", catalog.models.len(), out.display());
+        }
+        None => print!("{yaml}"),
     }
     Ok(())
 }

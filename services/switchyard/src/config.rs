@@ -253,6 +253,131 @@ pub struct RouteSpec {
     /// Sampling temperature.
     #[serde(default)]
     pub temperature: Option<f32>,
+    /// Provider preferences applied to every model's endpoints.
+    #[serde(default)]
+    pub provider: ProviderPrefs,
+    /// How long a job may wait for rate-limit capacity at one candidate before trying the next.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Models to try when a provider refuses the content (content_policy); none: dead-letter.
+    #[serde(default)]
+    pub content_fallback: Vec<String>,
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// How endpoints are sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortBy {
+    /// Cheapest first (input + output price).
+    Price,
+    /// Lowest observed latency first.
+    Latency,
+    /// Highest observed throughput first.
+    Throughput,
+}
+
+/// Whether a provider may keep or train on prompts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPolicy {
+    /// It may.
+    #[default]
+    Allow,
+    /// It may not.
+    Deny,
+}
+
+/// A price ceiling, US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPrice {
+    /// Highest prompt price allowed.
+    #[serde(default)]
+    pub input: Option<PerMTok>,
+    /// Highest completion price allowed.
+    #[serde(default)]
+    pub output: Option<PerMTok>,
+}
+
+/// Provider preferences, as OpenRouter's `provider` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPrefs {
+    /// Providers to try first, in this order.
+    #[serde(default)]
+    pub order: Vec<String>,
+    /// Use only these providers.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// Never use these providers.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// With false: only the providers in `order` (or only each model's top endpoint).
+    #[serde(default = "yes")]
+    pub allow_fallbacks: bool,
+    /// Sort endpoints by this instead of the default price-weighted choice.
+    #[serde(default)]
+    pub sort: Option<SortBy>,
+    /// Leave out endpoints priced above this.
+    #[serde(default)]
+    pub max_price: Option<MaxPrice>,
+    /// Leave out endpoints that do not support every parameter the request uses.
+    #[serde(default)]
+    pub require_parameters: bool,
+    /// `deny`: leave out endpoints that may keep or train on prompts.
+    #[serde(default)]
+    pub data_collection: DataPolicy,
+    /// Leave out endpoints without zero data retention.
+    #[serde(default)]
+    pub zdr: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ProviderPrefs {
+    fn default() -> Self {
+        Self {
+            order: Vec::new(),
+            only: Vec::new(),
+            ignore: Vec::new(),
+            allow_fallbacks: true,
+            sort: None,
+            max_price: None,
+            require_parameters: false,
+            data_collection: DataPolicy::Allow,
+            zdr: false,
+        }
+    }
+}
+
+/// `:floor` (cheapest endpoint first) or `:nitro` (fastest first) after a model name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// No variant: the route's sort.
+    #[default]
+    Standard,
+    /// Cheapest endpoint first.
+    Floor,
+    /// Highest-throughput endpoint first.
+    Nitro,
+}
+
+/// Splits `model:floor` / `model:nitro`; other suffixes are part of the name.
+pub fn split_variant(name: &str) -> (&str, Variant) {
+    if let Some(base) = name.strip_suffix(":floor") {
+        (base, Variant::Floor)
+    } else if let Some(base) = name.strip_suffix(":nitro") {
+        (base, Variant::Nitro)
+    } else {
+        (name, Variant::Standard)
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -324,6 +449,8 @@ pub struct ProvidersFile {
 pub enum ApiFamily {
     /// OpenAI chat completions (OpenAI, OpenRouter, vLLM, Ollama, llm-sim, …).
     Openai,
+    /// Anthropic Messages.
+    Anthropic,
 }
 
 /// One provider as written.
@@ -336,14 +463,38 @@ pub struct ProviderFile {
     /// `SWITCHYARD_PROVIDER_<NAME>_URL` overrides it.
     pub base_url: String,
     /// The key as a reference (`env:NAME` or `file:PATH`); none for keyless local servers.
+    /// Shorthand for a one-entry `keys` list.
     #[serde(default)]
     pub api_key: Option<KeyRef>,
-    /// Requests per minute this process may send to the provider.
+    /// Several keys, tried in order; each with its own limits.
+    #[serde(default)]
+    pub keys: Vec<KeyFile>,
+    /// Requests per minute this process may send to the provider (all keys together).
     #[serde(default)]
     pub rpm: Option<u32>,
+    /// Tokens per minute (prompt + completion budget) for the provider.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once to this provider.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// Extra headers sent with every request (not secrets: use api_key for those).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// One key of a provider, as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Where the key is (`env:NAME` or `file:PATH`).
+    pub key: KeyRef,
+    /// Requests per minute for this key.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute for this key.
+    #[serde(default)]
+    pub tpm: Option<u32>,
 }
 
 /// `catalog.yaml` as written.
@@ -363,6 +514,10 @@ pub struct ModelFile {
     /// What the model supports: `json_schema`, `tools`, `logprobs`.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Request parameters the model takes (`response_format`, `max_tokens`, `temperature`, …);
+    /// empty means unknown (`require_parameters` then keeps it).
+    #[serde(default)]
+    pub parameters: Vec<String>,
     /// Where the model can be called.
     pub endpoints: Vec<EndpointFile>,
 }
@@ -378,6 +533,24 @@ pub struct EndpointFile {
     pub model_id: Option<String>,
     /// Prices in US dollars per million tokens.
     pub price: PriceFile,
+    /// Whether the provider may keep or train on prompts.
+    #[serde(default)]
+    pub data_collection: DataPolicy,
+    /// Zero data retention.
+    #[serde(default)]
+    pub zdr: bool,
+    /// Weight precision served (`fp8`, `bf16`, …), informational.
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// Typical output speed in tokens/s, used for `:nitro` until measured.
+    #[serde(default)]
+    pub throughput: Option<f64>,
+    /// Typical time to first token, used for `sort: latency` until measured.
+    #[serde(default, with = "humantime_serde")]
+    pub latency: Option<Duration>,
+    /// Parameters this endpoint takes, when they differ from the model's.
+    #[serde(default)]
+    pub parameters: Option<Vec<String>>,
 }
 
 /// Prices as written, US dollars per million tokens.
@@ -405,14 +578,29 @@ pub struct Provider {
     pub api: ApiFamily,
     /// Effective base URL (after any environment override).
     pub base_url: String,
-    /// Where the key came from (safe to print).
-    pub key_ref: Option<KeyRef>,
-    /// The key.
-    pub key: Option<Secret>,
-    /// Requests per minute.
+    /// Keys in the order they are tried (empty for keyless servers).
+    pub keys: Vec<ProviderKey>,
+    /// Requests per minute, all keys together.
     pub rpm: Option<u32>,
+    /// Tokens per minute, all keys together.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<u32>,
     /// Extra headers.
     pub headers: BTreeMap<String, String>,
+}
+
+/// One resolved key of a provider.
+#[derive(Debug, Clone)]
+pub struct ProviderKey {
+    /// Where it came from (safe to print).
+    pub key_ref: KeyRef,
+    /// The key.
+    pub secret: Secret,
+    /// Requests per minute for this key.
+    pub rpm: Option<u32>,
+    /// Tokens per minute for this key.
+    pub tpm: Option<u32>,
 }
 
 /// A callable endpoint of a model, with its price.
@@ -434,6 +622,41 @@ pub struct Endpoint {
     pub json_schema: bool,
     /// Context window.
     pub context_length: u32,
+    /// Data policy.
+    pub data_collection: DataPolicy,
+    /// Zero data retention.
+    pub zdr: bool,
+    /// Quantization, if published.
+    pub quantization: Option<String>,
+    /// Throughput hint (tokens/s).
+    pub throughput: Option<f64>,
+    /// Latency hint.
+    pub latency: Option<Duration>,
+    /// Supported parameters (empty: unknown).
+    pub parameters: Vec<String>,
+}
+
+impl Endpoint {
+    /// `provider/model`, the endpoint's name in logs and explanations.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.provider, self.model)
+    }
+
+    /// Input + output price, the figure `sort: price` and `:floor` order by.
+    pub fn blended_price(&self) -> u64 {
+        self.input.0 + self.output.0
+    }
+}
+
+/// A model in a stage's route, with its endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteModel {
+    /// Catalog name.
+    pub name: String,
+    /// `:floor`, `:nitro` or neither.
+    pub variant: Variant,
+    /// Every endpoint the catalog lists for it.
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// Topics of a pipeline, resolved.
@@ -462,8 +685,10 @@ pub struct Stage {
     pub prompt: String,
     /// Output JSON Schema.
     pub output_schema: Value,
-    /// Endpoints in the order the route tries them.
-    pub endpoints: Vec<Endpoint>,
+    /// The route's models in fallback order, with their endpoints.
+    pub models: Vec<RouteModel>,
+    /// Models for content-policy fallback.
+    pub content_fallback: Vec<RouteModel>,
     /// Route settings.
     pub route: RouteSpec,
     /// Gate settings.
@@ -662,35 +887,63 @@ impl Pipeline {
                     ),
                 ));
             }
-            let mut endpoints = Vec::new();
-            for m in &s.route.models {
-                match catalog.models.get(m) {
-                    None => errors.push(err(
-                        path,
-                        at(m),
-                        format!(
-                            "stage `{}` routes to model `{m}`, which {} does not list; add it to the catalog or fix the name",
-                            s.name,
-                            catalog_path.display()
-                        ),
-                    )),
-                    Some(model) => {
-                        for e in &model.endpoints {
-                            if !used_providers.contains(&e.provider) {
-                                used_providers.push(e.provider.clone());
+            let mut resolve_models = |names: &[String],
+                                      what: &str,
+                                      errors: &mut Vec<ConfigError>|
+             -> Vec<RouteModel> {
+                let mut out = Vec::new();
+                for written in names {
+                    let (m, variant) = split_variant(written);
+                    match catalog.models.get(m) {
+                        None => errors.push(err(
+                            path,
+                            at(written),
+                            format!(
+                                "stage `{}` {what} model `{m}`, which {} does not list; add it to the catalog or fix the name",
+                                s.name,
+                                catalog_path.display()
+                            ),
+                        )),
+                        Some(model) => {
+                            for e in &model.endpoints {
+                                if !used_providers.contains(&e.provider) {
+                                    used_providers.push(e.provider.clone());
+                                }
                             }
-                            endpoints.push(Endpoint {
-                                model: m.clone(),
-                                provider: e.provider.clone(),
-                                model_id: e.model_id.clone().unwrap_or_else(|| m.clone()),
-                                input: e.price.input,
-                                output: e.price.output,
-                                cached: e.price.cached.unwrap_or(e.price.input),
-                                json_schema: model.capabilities.iter().any(|c| c == "json_schema"),
-                                context_length: model.context_length,
+                            out.push(RouteModel {
+                                name: m.to_string(),
+                                variant,
+                                endpoints: model.endpoints.iter().map(|e| endpoint(m, model, e)).collect(),
                             });
                         }
                     }
+                }
+                out
+            };
+            let models = resolve_models(&s.route.models, "routes to", &mut errors);
+            let content_fallback = resolve_models(
+                &s.route.content_fallback,
+                "falls back on content refusals to",
+                &mut errors,
+            );
+            for p in s
+                .route
+                .provider
+                .order
+                .iter()
+                .chain(&s.route.provider.only)
+                .chain(&s.route.provider.ignore)
+            {
+                if !providers_file.providers.contains_key(p) {
+                    errors.push(err(
+                        path,
+                        at(p),
+                        format!(
+                            "stage `{}`: provider preference names `{p}`, which {} does not define",
+                            s.name,
+                            providers_path.display()
+                        ),
+                    ));
                 }
             }
             if let Some(c) = s.gate.min_confidence
@@ -727,7 +980,8 @@ impl Pipeline {
                     system_prompt,
                     prompt,
                     output_schema: schema,
-                    endpoints,
+                    models,
+                    content_fallback,
                     route: s.route.clone(),
                     gate: s.gate.clone(),
                 });
@@ -744,29 +998,42 @@ impl Pipeline {
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 errors.push(err(&providers_path, line_of(&providers_text, &p.base_url), format!("provider `{pname}`: base_url `{base_url}` must start with http:// or https://")));
             }
-            let key = match &p.api_key {
-                None => None,
-                Some(r) => match r.resolve() {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        errors.push(err(
-                            &providers_path,
-                            line_of(&providers_text, &r.to_string()),
-                            format!("provider `{pname}`: {e}"),
-                        ));
-                        None
-                    }
-                },
-            };
+            let mut written_keys: Vec<KeyFile> = p
+                .api_key
+                .iter()
+                .map(|k| KeyFile {
+                    key: k.clone(),
+                    rpm: None,
+                    tpm: None,
+                })
+                .collect();
+            written_keys.extend(p.keys.iter().cloned());
+            let mut keys = Vec::new();
+            for k in written_keys {
+                match k.key.resolve() {
+                    Ok(secret) => keys.push(ProviderKey {
+                        key_ref: k.key.clone(),
+                        secret,
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                    }),
+                    Err(e) => errors.push(err(
+                        &providers_path,
+                        line_of(&providers_text, &k.key.to_string()),
+                        format!("provider `{pname}`: {e}"),
+                    )),
+                }
+            }
             providers.insert(
                 pname.clone(),
                 Provider {
                     name: pname,
                     api: p.api,
                     base_url,
-                    key_ref: p.api_key.clone(),
-                    key,
+                    keys,
                     rpm: p.rpm,
+                    tpm: p.tpm,
+                    max_concurrency: p.max_concurrency,
                     headers: p.headers.clone(),
                 },
             );
@@ -860,6 +1127,28 @@ fn check_prompts_render(
                 ),
             ));
         }
+    }
+}
+
+fn endpoint(name: &str, model: &ModelFile, e: &EndpointFile) -> Endpoint {
+    Endpoint {
+        model: name.to_string(),
+        provider: e.provider.clone(),
+        model_id: e.model_id.clone().unwrap_or_else(|| name.to_string()),
+        input: e.price.input,
+        output: e.price.output,
+        cached: e.price.cached.unwrap_or(e.price.input),
+        json_schema: model.capabilities.iter().any(|c| c == "json_schema"),
+        context_length: model.context_length,
+        data_collection: e.data_collection,
+        zdr: e.zdr,
+        quantization: e.quantization.clone(),
+        throughput: e.throughput,
+        latency: e.latency,
+        parameters: e
+            .parameters
+            .clone()
+            .unwrap_or_else(|| model.parameters.clone()),
     }
 }
 

@@ -7,11 +7,13 @@
 //! the dead-letter topic with its reason.
 
 pub mod broker;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod envelope;
 pub mod gate;
+pub mod health;
 pub mod intake;
 pub mod kafka;
 pub mod limit;

@@ -37,14 +37,24 @@ impl std::fmt::Display for MicroUsd {
 
 /// A price per million tokens, in micro-dollars. Written in config as US dollars per million
 /// tokens (`0.15`), the way providers publish prices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PerMTok(pub u64);
+
+impl Serialize for PerMTok {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_usd())
+    }
+}
 
 impl PerMTok {
     /// From US dollars per million tokens.
     pub fn from_usd(usd: f64) -> Option<Self> {
         (usd.is_finite() && usd >= 0.0).then(|| PerMTok((usd * 1e6).round() as u64))
+    }
+
+    /// US dollars per million tokens.
+    pub fn as_usd(self) -> f64 {
+        self.0 as f64 / 1e6
     }
 
     /// The cost of `tokens` tokens, rounded to the nearest micro-dollar.

@@ -9,15 +9,19 @@ use std::time::Instant;
 use jsonschema::Validator;
 use serde_json::Value;
 
-use crate::config::{Endpoint, Stage};
+use std::time::Duration;
+
+use crate::config::{Endpoint, RouteModel, Stage};
 use crate::envelope::{
     Attempt, AttemptClass, DeadLetterReason, EscalationReason, EscalationStep, Intake,
     validation_errors,
 };
 use crate::gate::{self, Verdict};
+use crate::limit::{Capacity, Permit};
 use crate::money::MicroUsd;
 use crate::prompt::Prompts;
 use crate::provider::{ChatRequest, Completion, Message, ProviderError, ProviderSet, Role, Usage};
+use crate::route::Needs;
 
 /// What a stage decided for a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,66 +151,234 @@ impl StageRunner {
             content: rendered.user,
         });
 
-        let mut invalid_requests = 0;
-        for endpoint in crate::route::candidates(&self.stage) {
-            let completion = match self.call(endpoint, &messages, false, &mut run).await {
-                Ok(c) => c,
-                Err(e) => match e.class {
-                    AttemptClass::InvalidRequest => {
-                        invalid_requests += 1;
-                        if invalid_requests >= 2 {
-                            return run.finish(Outcome::DeadLetter {
-                                reason: DeadLetterReason::InvalidRequest,
-                                detail: format!(
-                                    "two endpoints refused the request as invalid; last: {}",
-                                    e.message
-                                ),
-                            });
+        let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
+        let schema_tokens = self.schema_text.len() / 4;
+        let needs = Needs {
+            parameters: self.parameters(),
+            prompt_tokens: Some((prompt_chars / 4 + schema_tokens) as u64),
+        };
+        let seed = llm_sim::fnv1a(job.job_id.as_bytes());
+        let tokens = (prompt_chars / 4) as u32 + self.stage.route.max_tokens.unwrap_or(256);
+
+        let mut outcome = self
+            .attempt_models(
+                &self.stage.models,
+                &messages,
+                &needs,
+                seed,
+                tokens,
+                &mut run,
+            )
+            .await;
+        if let Attempted::ContentRefused(why) = &outcome {
+            if self.stage.content_fallback.is_empty() {
+                return run.finish(Outcome::DeadLetter {
+                    reason: DeadLetterReason::ContentPolicy,
+                    detail: format!("{why}; configure route.content_fallback to try other models"),
+                });
+            }
+            outcome = self
+                .attempt_models(
+                    &self.stage.content_fallback,
+                    &messages,
+                    &needs,
+                    seed,
+                    tokens,
+                    &mut run,
+                )
+                .await;
+        }
+        match outcome {
+            Attempted::Done(o) => run.finish(o),
+            Attempted::ContentRefused(why) => run.finish(Outcome::DeadLetter {
+                reason: DeadLetterReason::ContentPolicy,
+                detail: format!("{why}; the content fallback models refused too"),
+            }),
+            Attempted::Exhausted(notes) => {
+                let detail = run.exhausted_detail(&notes);
+                run.finish(Outcome::DeadLetter {
+                    reason: DeadLetterReason::ProviderExhausted,
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// The request parameters every call of this stage uses (for `require_parameters`).
+    fn parameters(&self) -> Vec<String> {
+        let mut p = vec!["response_format".to_string()];
+        if self.stage.route.max_tokens.is_some() {
+            p.push("max_tokens".into());
+        }
+        if self.stage.route.temperature.is_some() {
+            p.push("temperature".into());
+        }
+        p
+    }
+
+    /// Waits for capacity at `endpoint` up to the route's max_wait.
+    async fn capacity(&self, endpoint: &Endpoint, tokens: u32) -> Result<Permit, Duration> {
+        let max_wait = self.stage.route.max_wait;
+        let mut waited = Duration::ZERO;
+        loop {
+            match self
+                .providers
+                .limits
+                .try_acquire(&endpoint.provider, tokens, Instant::now())
+            {
+                Capacity::Ready(p) => return Ok(p),
+                Capacity::Wait(d) if waited + d <= max_wait => {
+                    tokio::time::sleep(d).await;
+                    waited += d;
+                }
+                Capacity::Wait(d) => return Err(d),
+                Capacity::NoKey(_) => return Err(Duration::MAX),
+            }
+        }
+    }
+
+    /// Tries `models`' endpoints in route order, each failure class deciding the next move.
+    async fn attempt_models(
+        &self,
+        models: &[RouteModel],
+        messages: &[Message],
+        needs: &Needs,
+        seed: u64,
+        tokens: u32,
+        run: &mut Attempts,
+    ) -> Attempted {
+        loop {
+            let now = Instant::now();
+            let health = |e: &Endpoint| self.providers.health.view(&e.id(), now);
+            let plan = crate::route::plan(models, &self.stage.route.provider, needs, &health, seed);
+            let mut notes: Vec<String> = plan
+                .excluded
+                .iter()
+                .map(|x| format!("{}:{} left out ({})", x.provider, x.model, x.rule))
+                .collect();
+            if plan.candidates.is_empty() {
+                notes.push("no endpoint is eligible under the route's rules".into());
+                return Attempted::Exhausted(notes);
+            }
+            let mut invalid_requests = 0;
+            let mut smaller_than: Option<u32> = None;
+            let mut soonest_capacity: Option<Duration> = None;
+            let attempts_before = run.list.len();
+            let mut i = 0;
+            while i < plan.candidates.len() {
+                let endpoint = plan.candidates[i].endpoint;
+                i += 1;
+                if smaller_than.is_some_and(|c| endpoint.context_length <= c) {
+                    notes.push(format!(
+                        "{} skipped: its context window is not larger",
+                        endpoint.id()
+                    ));
+                    continue;
+                }
+                if !self.providers.health.allow(&endpoint.id(), Instant::now()) {
+                    notes.push(format!("{} skipped: circuit breaker open", endpoint.id()));
+                    continue;
+                }
+                let permit = match self.capacity(endpoint, tokens).await {
+                    Ok(p) => p,
+                    Err(wait) => {
+                        if wait != Duration::MAX {
+                            soonest_capacity = Some(soonest_capacity.map_or(wait, |s| s.min(wait)));
+                            notes.push(format!(
+                                "{} skipped: no rate-limit capacity within max_wait",
+                                endpoint.id()
+                            ));
+                        } else {
+                            notes.push(format!(
+                                "{} skipped: every key is out of rotation",
+                                endpoint.id()
+                            ));
                         }
                         continue;
                     }
-                    AttemptClass::ContentPolicy => {
-                        return run.finish(Outcome::DeadLetter {
-                            reason: DeadLetterReason::ContentPolicy,
-                            detail: e.message,
-                        });
-                    }
-                    _ => continue,
-                },
-            };
-            let errors = match self.check(&completion.content) {
-                Ok(output) => return run.finish(self.judge(output)),
-                Err(errors) => errors,
-            };
-            run.mark_last_schema_invalid(&errors);
-            // One repair re-ask at the same endpoint, carrying the validator's errors.
-            let mut repair = messages.clone();
-            repair.push(Message {
-                role: Role::Assistant,
-                content: completion.content.clone(),
-            });
-            repair.push(Message {
-                role: Role::User,
-                content: repair_prompt(&errors),
-            });
-            match self.call(endpoint, &repair, true, &mut run).await {
-                Ok(second) => match self.check(&second.content) {
-                    Ok(output) => return run.finish(self.judge(output)),
-                    Err(errors) => {
-                        run.mark_last_schema_invalid(&errors);
-                        let output = parse_json(&second.content).unwrap_or(Value::Null);
-                        return run.finish(self.schema_invalid(errors, output));
-                    }
-                },
-                // The repair call itself failed: try the next candidate afresh.
-                Err(_) => continue,
+                };
+                let completion = match self.call(endpoint, messages, false, permit, run).await {
+                    Ok(c) => c,
+                    Err((e, key)) => match e.class {
+                        AttemptClass::RateLimited => {
+                            let rest = e.retry_after.unwrap_or(Duration::from_secs(1));
+                            self.providers.limits.cool_down(
+                                &endpoint.provider,
+                                key,
+                                rest,
+                                Instant::now(),
+                            );
+                            continue;
+                        }
+                        AttemptClass::Auth | AttemptClass::OutOfCredit => {
+                            let why = format!("HTTP {}", e.status.unwrap_or(0));
+                            self.providers.limits.disable(&endpoint.provider, key, &why);
+                            // The same endpoint again: another key may serve it.
+                            i -= 1;
+                            continue;
+                        }
+                        AttemptClass::ContextWindow => {
+                            smaller_than = Some(endpoint.context_length);
+                            continue;
+                        }
+                        AttemptClass::ContentPolicy => return Attempted::ContentRefused(e.message),
+                        AttemptClass::InvalidRequest => {
+                            invalid_requests += 1;
+                            if invalid_requests >= 2 {
+                                return Attempted::Done(Outcome::DeadLetter {
+                                    reason: DeadLetterReason::InvalidRequest,
+                                    detail: format!(
+                                        "two endpoints refused the request as invalid; last: {}",
+                                        e.message
+                                    ),
+                                });
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    },
+                };
+                let errors = match self.check(&completion.content) {
+                    Ok(output) => return Attempted::Done(self.judge(output)),
+                    Err(errors) => errors,
+                };
+                run.mark_last_schema_invalid(&errors);
+                // One repair re-ask at the same endpoint, carrying the validator's errors.
+                let mut repair = messages.to_vec();
+                repair.push(Message {
+                    role: Role::Assistant,
+                    content: completion.content.clone(),
+                });
+                repair.push(Message {
+                    role: Role::User,
+                    content: repair_prompt(&errors),
+                });
+                let Ok(permit) = self.capacity(endpoint, tokens).await else {
+                    continue;
+                };
+                match self.call(endpoint, &repair, true, permit, run).await {
+                    Ok(second) => match self.check(&second.content) {
+                        Ok(output) => return Attempted::Done(self.judge(output)),
+                        Err(errors) => {
+                            run.mark_last_schema_invalid(&errors);
+                            let output = parse_json(&second.content).unwrap_or(Value::Null);
+                            return Attempted::Done(self.schema_invalid(errors, output));
+                        }
+                    },
+                    // The repair call itself failed: try the next candidate afresh.
+                    Err(_) => continue,
+                }
+            }
+            match soonest_capacity {
+                // Nothing was even tried because every candidate is at its rate limit: hold the
+                // job (its in-flight slot makes the partitions pause) until capacity returns.
+                Some(wait) if run.list.len() == attempts_before => {
+                    tracing::debug!(?wait, "no candidate has capacity; waiting");
+                    tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                }
+                _ => return Attempted::Exhausted(notes),
             }
         }
-        let detail = run.exhausted_detail();
-        run.finish(Outcome::DeadLetter {
-            reason: DeadLetterReason::ProviderExhausted,
-            detail,
-        })
     }
 
     async fn call(
@@ -214,8 +386,9 @@ impl StageRunner {
         endpoint: &Endpoint,
         messages: &[Message],
         repair: bool,
+        permit: Permit,
         run: &mut Attempts,
-    ) -> Result<Completion, ProviderError> {
+    ) -> Result<Completion, (ProviderError, usize)> {
         let request = ChatRequest {
             model: endpoint.model_id.clone(),
             messages: messages.to_vec(),
@@ -227,16 +400,37 @@ impl StageRunner {
             max_tokens: self.stage.route.max_tokens,
             temperature: self.stage.route.temperature,
             timeout: self.stage.route.timeout,
+            key: permit.secret.clone(),
         };
         let started = Instant::now();
         let result = self.providers.call(&endpoint.provider, &request).await;
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        drop(request);
+        let id = endpoint.id();
         let (status, class, error, usage) = match &result {
-            Ok(c) => (Some(c.status), AttemptClass::Ok, None, c.usage),
-            Err(e) => (e.status, e.class, Some(e.message.clone()), e.usage),
+            Ok(c) => {
+                self.providers
+                    .health
+                    .success(&id, elapsed, c.usage.completion_tokens);
+                (Some(c.status), AttemptClass::Ok, None, c.usage)
+            }
+            Err(e) => {
+                self.providers.health.failure(&id, e.class, Instant::now());
+                (e.status, e.class, Some(e.message.clone()), e.usage)
+            }
         };
-        run.push(endpoint, status, class, error, latency_ms, usage, repair);
-        result
+        run.push(
+            endpoint,
+            status,
+            class,
+            error,
+            elapsed.as_millis() as u64,
+            usage,
+            repair,
+        );
+        let key = permit.key;
+        drop(permit);
+        result.map_err(|e| (e, key))
     }
 
     fn check(&self, content: &str) -> Result<Value, Vec<String>> {
@@ -300,6 +494,16 @@ impl StageRunner {
     }
 }
 
+/// How trying a list of models ended.
+enum Attempted {
+    /// With a decision.
+    Done(Outcome),
+    /// A provider refused the content.
+    ContentRefused(String),
+    /// Every candidate failed or was skipped; notes say why.
+    Exhausted(Vec<String>),
+}
+
 /// The attempts of one job in one stage, numbered `job/stage/n`.
 struct Attempts {
     prefix: String,
@@ -350,7 +554,7 @@ impl Attempts {
         }
     }
 
-    fn exhausted_detail(&self) -> String {
+    fn exhausted_detail(&self, notes: &[String]) -> String {
         let tried: Vec<String> = self
             .list
             .iter()
@@ -366,10 +570,12 @@ impl Attempts {
                 )
             })
             .collect();
-        format!(
-            "every candidate failed ({}); replay the job once the providers recover",
-            tried.join(", ")
-        )
+        let mut detail = format!("every candidate failed ({})", tried.join(", "));
+        if !notes.is_empty() {
+            detail.push_str(&format!("; {}", notes.join("; ")));
+        }
+        detail.push_str("; replay the job once the providers recover");
+        detail
     }
 
     fn finish(self, outcome: Outcome) -> StageRun {
@@ -450,6 +656,12 @@ mod tests {
             cached: PerMTok(250_000),
             json_schema: true,
             context_length: 1000,
+            data_collection: crate::config::DataPolicy::Allow,
+            zdr: false,
+            quantization: None,
+            throughput: None,
+            latency: None,
+            parameters: Vec::new(),
         };
         let u = Usage {
             prompt_tokens: 1000,

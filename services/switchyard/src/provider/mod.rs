@@ -2,6 +2,7 @@
 //! into the provider's wire format, sends it, and turns what comes back into a [`Completion`]
 //! or a [`ProviderError`] whose [`AttemptClass`] decides the route's next move.
 
+pub mod anthropic;
 pub mod openai;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Time limit for the whole call.
     pub timeout: Duration,
+    /// The key to send (none for keyless servers).
+    pub key: Option<crate::secret::Secret>,
 }
 
 /// Token counts as the provider reported them.
@@ -105,6 +108,7 @@ pub trait ProviderApi: Send + Sync + std::fmt::Debug {
 pub fn adapter(provider: &Provider, http: reqwest::Client) -> Arc<dyn ProviderApi> {
     match provider.api {
         ApiFamily::Openai => Arc::new(openai::OpenAiCompatible::new(provider.clone(), http)),
+        ApiFamily::Anthropic => Arc::new(anthropic::Anthropic::new(provider.clone(), http)),
     }
 }
 
@@ -216,15 +220,19 @@ mod tests {
     }
 }
 
-/// Every provider a pipeline uses: adapters sharing one HTTP pool, and their rate limits.
+/// Every provider a pipeline uses: adapters sharing one HTTP pool, their capacity, and the
+/// health of their endpoints.
 #[derive(Debug)]
 pub struct ProviderSet {
     adapters: std::collections::HashMap<String, Arc<dyn ProviderApi>>,
-    limits: crate::limit::Limits,
+    /// Rate limits, concurrency caps and key standing.
+    pub limits: crate::limit::Limits,
+    /// Endpoint health and breakers.
+    pub health: crate::health::Health,
 }
 
 impl ProviderSet {
-    /// Adapters and limiters for `providers`.
+    /// Adapters, limits and health tracking for `providers`.
     pub fn new<'a>(
         providers: impl IntoIterator<Item = &'a Provider> + Clone,
     ) -> Result<Self, reqwest::Error> {
@@ -240,10 +248,11 @@ impl ProviderSet {
         Ok(Self {
             adapters,
             limits: crate::limit::Limits::new(providers),
+            health: crate::health::Health::new(crate::health::BreakerConfig::default()),
         })
     }
 
-    /// Waits for the provider's rate limit, then sends the request.
+    /// Sends the request (capacity must already have been granted).
     pub async fn call(
         &self,
         provider: &str,
@@ -258,7 +267,6 @@ impl ProviderSet {
                 usage: Usage::default(),
             });
         };
-        self.limits.until_ready(provider).await;
         adapter.complete(request).await
     }
 }

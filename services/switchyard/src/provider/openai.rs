@@ -67,9 +67,9 @@ impl OpenAiCompatible {
         body
     }
 
-    fn headers(&self) -> HeaderMap {
+    fn headers(&self, request: &ChatRequest) -> HeaderMap {
         let mut h = HeaderMap::new();
-        if let Some(key) = &self.provider.key
+        if let Some(key) = &request.key
             && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
         {
             v.set_sensitive(true);
@@ -94,7 +94,7 @@ impl OpenAiCompatible {
     }
 
     fn scrubbed(&self, text: &str) -> String {
-        let mut t = scrub(text, self.provider.key.iter());
+        let mut t = scrub(text, self.provider.keys.iter().map(|k| &k.secret));
         if t.len() > 600 {
             let mut cut = 600;
             while !t.is_char_boundary(cut) {
@@ -111,7 +111,7 @@ impl OpenAiCompatible {
         let response = self
             .http
             .post(&self.url)
-            .headers(self.headers())
+            .headers(self.headers(request))
             .timeout(request.timeout)
             .json(&Self::body(request))
             .send()
@@ -258,6 +258,7 @@ mod tests {
             max_tokens: Some(10),
             temperature: None,
             timeout: Duration::from_secs(1),
+            key: None,
         };
         let b = OpenAiCompatible::body(&r);
         assert_eq!(b["response_format"]["type"], "json_schema");

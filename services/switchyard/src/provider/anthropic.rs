@@ -1,0 +1,289 @@
+//! Anthropic Messages: `POST {base_url}/messages` with `x-api-key` and `anthropic-version`,
+//! the system prompt as a top-level field, and structured output through one forced tool whose
+//! input schema is the stage's output schema (the answer is the tool call's input).
+
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde_json::{Value, json};
+
+use super::{
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, classify_status,
+    parse_retry_after,
+};
+use crate::config::Provider;
+use crate::envelope::AttemptClass;
+use crate::secret::scrub;
+
+/// The API version sent in `anthropic-version`.
+pub const API_VERSION: &str = "2023-06-01";
+/// Anthropic requires max_tokens; used when the stage sets none.
+const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// The adapter.
+#[derive(Debug)]
+pub struct Anthropic {
+    provider: Provider,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Anthropic {
+    /// An adapter for one configured provider.
+    pub fn new(provider: Provider, http: reqwest::Client) -> Self {
+        let url = format!("{}/messages", provider.base_url.trim_end_matches('/'));
+        Self {
+            provider,
+            url,
+            http,
+        }
+    }
+
+    fn body(request: &ChatRequest) -> Value {
+        let system: Vec<&str> = request
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let messages: Vec<Value> = request
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .map(|m| {
+                let role = if m.role == Role::Assistant {
+                    "assistant"
+                } else {
+                    "user"
+                };
+                json!({"role": role, "content": m.content})
+            })
+            .collect();
+        let mut body = json!({
+            "model": request.model,
+            "max_tokens": request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            "messages": messages,
+        });
+        if !system.is_empty() {
+            body["system"] = json!(system.join("\n\n"));
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some((name, schema)) = &request.json_schema {
+            body["tools"] = json!([{
+                "name": name,
+                "description": "Record the answer. Its input must follow the schema exactly.",
+                "input_schema": schema,
+            }]);
+            body["tool_choice"] = json!({"type": "tool", "name": name});
+        }
+        body
+    }
+
+    fn headers(&self, request: &ChatRequest) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        if let Some(key) = &request.key
+            && let Ok(mut v) = HeaderValue::from_str(key.expose())
+        {
+            v.set_sensitive(true);
+            h.insert("x-api-key", v);
+        }
+        for (k, v) in &self.provider.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                h.insert(k, v);
+            }
+        }
+        h
+    }
+
+    fn error(
+        &self,
+        class: AttemptClass,
+        status: Option<u16>,
+        message: &str,
+        usage: Usage,
+    ) -> ProviderError {
+        let mut m = scrub(message, self.provider.keys.iter().map(|k| &k.secret));
+        if m.len() > 600 {
+            let mut cut = 600;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+        }
+        ProviderError {
+            class,
+            status,
+            message: m,
+            retry_after: None,
+            usage,
+        }
+    }
+
+    async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
+        let started = Instant::now();
+        let transport = |e: reqwest::Error| {
+            let m = if e.is_timeout() {
+                format!(
+                    "timed out after {:?} (limit {:?})",
+                    started.elapsed(),
+                    request.timeout
+                )
+            } else {
+                format!("request to {} failed: {e}", self.url)
+            };
+            self.error(AttemptClass::Transient, None, &m, Usage::default())
+        };
+        let response = self
+            .http
+            .post(&self.url)
+            .headers(self.headers(request))
+            .timeout(request.timeout)
+            .json(&Self::body(request))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let bytes = response.bytes().await.map_err(transport)?;
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if !(200..300).contains(&status) {
+            let message = body
+                .as_ref()
+                .and_then(|b| {
+                    b.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            let mut e = self.error(
+                classify_status(status, &message),
+                Some(status),
+                &format!("HTTP {status}: {message}"),
+                Usage::default(),
+            );
+            e.retry_after = retry_after;
+            return Err(e);
+        }
+        let Some(body) = body else {
+            return Err(self.error(
+                AttemptClass::ProviderBadOutput,
+                Some(status),
+                "HTTP 200 with a body that is not JSON",
+                Usage::default(),
+            ));
+        };
+        let n = |p: &str| body.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        let cached = n("/usage/cache_read_input_tokens");
+        let usage = Usage {
+            // Anthropic counts cached and cache-written tokens apart from input_tokens.
+            prompt_tokens: n("/usage/input_tokens")
+                + cached
+                + n("/usage/cache_creation_input_tokens"),
+            completion_tokens: n("/usage/output_tokens"),
+            cached_tokens: cached,
+            reasoning_tokens: 0,
+        };
+        match body.get("stop_reason").and_then(Value::as_str) {
+            Some("refusal") => {
+                return Err(self.error(
+                    AttemptClass::ContentPolicy,
+                    Some(status),
+                    "the model refused (stop_reason=refusal)",
+                    usage,
+                ));
+            }
+            Some("max_tokens") => {
+                return Err(self.error(
+                    AttemptClass::ProviderBadOutput,
+                    Some(status),
+                    "output truncated at max_tokens",
+                    usage,
+                ));
+            }
+            _ => {}
+        }
+        let blocks = body
+            .get("content")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let content = blocks
+            .iter()
+            .find(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+            .and_then(|b| b.get("input"))
+            .map(Value::to_string)
+            .or_else(|| {
+                let text: Vec<&str> = blocks
+                    .iter()
+                    .filter_map(|b| b.get("text").and_then(Value::as_str))
+                    .collect();
+                (!text.is_empty()).then(|| text.join(""))
+            });
+        match content {
+            Some(content) => Ok(Completion {
+                content,
+                usage,
+                status,
+            }),
+            None => Err(self.error(
+                AttemptClass::ProviderBadOutput,
+                Some(status),
+                "HTTP 200 with no content",
+                usage,
+            )),
+        }
+    }
+}
+
+impl ProviderApi for Anthropic {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+        Box::pin(self.send(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Message;
+    use std::time::Duration;
+
+    #[test]
+    fn system_prompt_is_top_level_and_the_schema_is_a_forced_tool() {
+        let r = ChatRequest {
+            model: "claude".into(),
+            messages: vec![
+                Message {
+                    role: Role::System,
+                    content: "be brief".into(),
+                },
+                Message {
+                    role: Role::User,
+                    content: "hi".into(),
+                },
+            ],
+            json_schema: Some(("triage_output".into(), json!({"type": "object"}))),
+            native_schema: true,
+            max_tokens: None,
+            temperature: Some(0.0),
+            timeout: Duration::from_secs(1),
+            key: None,
+        };
+        let b = Anthropic::body(&r);
+        assert_eq!(b["system"], "be brief");
+        assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+        assert_eq!(b["max_tokens"], 1024);
+        assert_eq!(b["tools"][0]["name"], "triage_output");
+        assert_eq!(b["tool_choice"]["name"], "triage_output");
+    }
+}
