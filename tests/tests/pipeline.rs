@@ -159,7 +159,11 @@ async fn first_provider_500_falls_back_to_the_next() {
         .unwrap()
         .faults
         .server_error = 1.0;
-    let mut h = harness(profile).await;
+    let mut h = Harness::start(profile, 4).await;
+    h.pipeline.stages[0].gate.escalate_if.clear();
+    // simcloud first, so its 500 is the first thing the job meets.
+    h.pipeline.stages[0].route.provider.order = vec!["simcloud".into()];
+    h.run_pipeline().await;
     let jobs = vec![job("fallback-1", "[sim:high_confidence] transfer pending")];
     h.produce(&jobs).await;
     let tally = h.collect(&ids(&jobs), 0, WAIT).await;
