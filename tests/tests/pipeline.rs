@@ -216,7 +216,10 @@ async fn every_provider_failing_dead_letters_with_all_attempts() {
         .collect();
     tried.sort();
     expected.sort();
-    assert_eq!(tried, expected, "one attempt per candidate endpoint, none twice");
+    assert_eq!(
+        tried, expected,
+        "one attempt per candidate endpoint, none twice"
+    );
     assert!(
         d.attempts
             .iter()

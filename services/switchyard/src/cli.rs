@@ -143,6 +143,9 @@ pub struct DemoArgs {
     /// Give up when no job finishes for this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Play a fault scenario.
+    #[arg(long, value_enum)]
+    pub scenario: Option<crate::demo::Scenario>,
 }
 
 /// `switchyard dev-broker`.
@@ -260,6 +263,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         seed: a.seed,
         idle_timeout: a.idle_timeout,
         progress,
+        scenario: a.scenario,
     })
     .await?;
     if a.json {

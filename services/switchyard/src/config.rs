@@ -385,7 +385,7 @@ fn default_timeout() -> Duration {
 }
 
 /// The gate as written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
     /// Output property holding the model's self-reported confidence (0..1).
@@ -401,6 +401,17 @@ pub struct GateSpec {
     /// `needs_review: true`; `dead_letter` sends the job to the dead-letter topic.
     #[serde(default)]
     pub at_last_stage: LastStagePolicy,
+}
+
+impl Default for GateSpec {
+    fn default() -> Self {
+        Self {
+            confidence_field: default_confidence_field(),
+            min_confidence: None,
+            escalate_if: Vec::new(),
+            at_last_stage: LastStagePolicy::Review,
+        }
+    }
 }
 
 fn default_confidence_field() -> String {
@@ -988,14 +999,37 @@ impl Pipeline {
             }
         }
 
+        {
+            let mut seen_topics: Vec<(&str, String)> = vec![
+                (topics.results.as_str(), "results".to_string()),
+                (topics.dlq.as_str(), "dead letters".to_string()),
+            ];
+            for st in &stages {
+                seen_topics.push((
+                    st.input_topic.as_str(),
+                    format!("input of stage `{}`", st.name),
+                ));
+            }
+            for (i, (t, what)) in seen_topics.iter().enumerate() {
+                if let Some((_, other)) = seen_topics[..i].iter().find(|(u, _)| u == t) {
+                    errors.push(err(path, at(t), format!("topic `{t}` is used both as {other} and as {what}; every role needs its own topic")));
+                }
+            }
+        }
+
         let mut providers = BTreeMap::new();
         for pname in used_providers {
             let Some(p) = providers_file.providers.get(&pname) else {
                 continue;
             };
             let env_name = format!("SWITCHYARD_PROVIDER_{}_URL", env_key(&pname));
-            let base_url = std::env::var(&env_name).unwrap_or_else(|_| p.base_url.clone());
-            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            let from_env = std::env::var(&env_name).ok();
+            let base_url = from_env.clone().unwrap_or_else(|| p.base_url.clone());
+            if from_env.is_some()
+                && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+            {
+                errors.push(err(&providers_path, None, format!("provider `{pname}`: {env_name}=`{base_url}` must start with http:// or https://")));
+            } else if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 errors.push(err(&providers_path, line_of(&providers_text, &p.base_url), format!("provider `{pname}`: base_url `{base_url}` must start with http:// or https://")));
             }
             let mut written_keys: Vec<KeyFile> = p

@@ -42,6 +42,82 @@ pub struct DemoOptions {
     pub idle_timeout: Duration,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// A fault scenario to play.
+    pub scenario: Option<Scenario>,
+}
+
+/// Fault scenarios for the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The triage stage's first provider (simcloud) answers 503 for the middle third of the run.
+    Outage,
+    /// Every provider key has a limit well below demand; Switchyard must keep under it.
+    RateLimit,
+    /// simcloud becomes 40× slower than usual, beyond the triage timeout.
+    SlowProvider,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Outage => "outage",
+            Scenario::RateLimit => "rate-limit",
+            Scenario::SlowProvider => "slow-provider",
+        }
+    }
+}
+
+/// Per-key limit of the rate-limit scenario, requests per minute.
+const SCENARIO_RPM: u32 = 600;
+
+/// Sets up the simulator and the pipeline for a scenario.
+fn stage_scenario(
+    scenario: Option<Scenario>,
+    profile: &mut llm_sim::Profile,
+    pipeline: &mut Pipeline,
+) {
+    use crate::config::ProviderKey;
+    use crate::secret::{KeyRef, Secret};
+    match scenario {
+        None => {}
+        Some(Scenario::Outage) => {
+            // Make simcloud the first choice of triage, so its outage is felt.
+            if let Some(s) = pipeline.stages.first_mut() {
+                s.route.provider.order = vec!["simcloud".into()];
+            }
+        }
+        Some(Scenario::RateLimit) => {
+            for (name, p) in pipeline.providers.iter_mut() {
+                let key = format!("demo-key-{name}");
+                profile.keys.insert(
+                    key.clone(),
+                    llm_sim::profile::KeyProfile {
+                        rpm: Some(SCENARIO_RPM),
+                        revoked: false,
+                        out_of_credit: false,
+                    },
+                );
+                p.keys = vec![ProviderKey {
+                    key_ref: KeyRef::Env(format!("DEMO_{}_KEY", crate::config::env_key(name))),
+                    secret: Secret::new(key),
+                    rpm: Some(SCENARIO_RPM),
+                    tpm: None,
+                }];
+                p.rpm = None;
+            }
+        }
+        Some(Scenario::SlowProvider) => {
+            profile
+                .providers
+                .entry("simcloud".into())
+                .or_default()
+                .latency_multiplier = 40.0;
+            if let Some(s) = pipeline.stages.first_mut() {
+                s.route.provider.order = vec!["simcloud".into()];
+                s.route.timeout = Duration::from_millis(400);
+            }
+        }
+    }
 }
 
 /// Everything read back from a results and a dead-letter topic.
@@ -236,11 +312,63 @@ pub struct Summary {
     pub jobs_per_s: f64,
     /// Wall time from first produce to last job read back.
     pub elapsed_s: f64,
+    /// Attempts and successes per provider.
+    pub per_provider: BTreeMap<String, ProviderTally>,
+    /// Jobs that needed more than one endpoint somewhere (fallback fired).
+    pub fallbacks: usize,
+    /// 429s received from providers.
+    pub provider_429s: usize,
+    /// The demo scenario, if any.
+    pub scenario: Option<String>,
+    /// 429s the simulator sent (its own count).
+    pub sim_429s_sent: u64,
+    /// Requests the simulator received.
+    pub sim_requests: u64,
+    /// Per simulator key: the most requests seen in any 60 s window, and the configured limit.
+    pub sim_keys: BTreeMap<String, SimKey>,
+    /// Calls per second as a share of what the configured per-key limits allow (rate-limit
+    /// scenario only).
+    pub limit_utilization: Option<f64>,
+}
+
+/// One provider's attempts.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ProviderTally {
+    /// Calls made.
+    pub attempts: usize,
+    /// Calls that returned a usable answer.
+    pub successes: usize,
+}
+
+/// One simulator key's figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SimKey {
+    /// Most requests seen from the key in any 60 s window.
+    pub sim_max_rpm_observed: u64,
+    /// The key's configured limit.
+    pub configured_rpm: Option<u32>,
 }
 
 impl Summary {
     fn add_attempts(&mut self, attempts: &[crate::envelope::Attempt]) {
+        use crate::envelope::AttemptClass;
+        // A fallback: within one stage, a first call failed for a reason other than the schema
+        // (which the repair re-ask handles at the same endpoint).
+        if attempts
+            .windows(2)
+            .any(|w| w[0].stage == w[1].stage && !w[1].repair && w[0].class != AttemptClass::Ok)
+        {
+            self.fallbacks += 1;
+        }
         for a in attempts {
+            let p = self.per_provider.entry(a.provider.clone()).or_default();
+            p.attempts += 1;
+            if a.class == AttemptClass::Ok {
+                p.successes += 1;
+            }
+            if a.class == AttemptClass::RateLimited {
+                self.provider_429s += 1;
+            }
             self.calls += 1;
             *self
                 .calls_by_class
@@ -351,6 +479,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
     let mut profile = llm_sim::Profile::default_profile()?;
     profile.latency_scale = options.latency_scale;
     profile.seed = options.seed;
+    stage_scenario(options.scenario, &mut profile, &mut pipeline);
     let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("cannot start the in-process llm-sim")?;
@@ -416,6 +545,8 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
     let mut done = 0usize;
     let mut last_finish = started;
     let dlq = pipeline.topics.dlq.clone();
+    let total = expected.len();
+    let sim_state = sim.sim.clone();
     read_until(&consumer, options.idle_timeout, |topic, payload| {
         if let Some(id) = tally.add(topic == dlq, payload)
             && expected.contains(&id)
@@ -423,8 +554,23 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
             done += 1;
             last_finish = Instant::now();
             bar.set_position(done as u64);
+            if options.scenario == Some(Scenario::Outage) {
+                if done == total / 3 {
+                    bar.set_message("simcloud is down");
+                    sim_state.set_provider_faults(
+                        "simcloud",
+                        llm_sim::FaultRates {
+                            unavailable: 1.0,
+                            ..Default::default()
+                        },
+                    );
+                } else if done == 2 * total / 3 {
+                    bar.set_message("simcloud is back");
+                    sim_state.set_provider_faults("simcloud", llm_sim::FaultRates::default());
+                }
+            }
         }
-        done >= expected.len()
+        done >= total
     })
     .await;
     bar.finish_and_clear();
@@ -437,7 +583,37 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
         Err(e) => tracing::warn!(error = %e, "pipeline task failed"),
     }
     drop(consumer);
+    let stats = sim.sim.stats();
     sim.stop().await;
     drop(broker);
-    Ok(tally.summary(&pipeline.name, &expected, elapsed))
+    let mut summary = tally.summary(&pipeline.name, &expected, elapsed);
+    summary.scenario = options.scenario.map(|s| s.name().to_string());
+    summary.sim_429s_sent = stats.sent_429;
+    summary.sim_requests = stats.requests;
+    summary.sim_keys = stats
+        .keys
+        .iter()
+        .map(|(label, k)| {
+            (
+                label.clone(),
+                SimKey {
+                    sim_max_rpm_observed: k.max_rpm_observed,
+                    configured_rpm: k.configured_rpm,
+                },
+            )
+        })
+        .collect();
+    if options.scenario == Some(Scenario::RateLimit) && summary.elapsed_s > 0.0 {
+        let allowed_per_s: f64 = stats
+            .keys
+            .values()
+            .filter_map(|k| k.configured_rpm)
+            .map(|r| f64::from(r) / 60.0)
+            .sum();
+        if allowed_per_s > 0.0 {
+            summary.limit_utilization =
+                Some(stats.requests as f64 / summary.elapsed_s / allowed_per_s);
+        }
+    }
+    Ok(summary)
 }

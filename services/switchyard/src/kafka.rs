@@ -3,6 +3,25 @@
 
 use rdkafka::ClientConfig;
 
+/// Properties that at-least-once delivery depends on.
+const PROTECTED: &[&str] = &[
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "enable.idempotence",
+    "acks",
+    "group.id",
+];
+
+/// A Kafka error as text that never includes a configuration value (it may be a secret).
+pub fn error_text(e: &rdkafka::error::KafkaError) -> String {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
+            format!("invalid Kafka option `{key}`: {description}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Where the brokers are and any extra librdkafka properties.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaSettings {
@@ -21,12 +40,20 @@ impl KafkaSettings {
         }
     }
 
-    /// Parses `key=value` overrides.
+    /// Parses `key=value` overrides. Options that would break at-least-once delivery are
+    /// refused.
     pub fn with_options(mut self, options: &[String]) -> Result<Self, String> {
         for o in options {
             let (k, v) = o
                 .split_once('=')
-                .ok_or_else(|| format!("Kafka option `{o}` is not of the form key=value"))?;
+                // Never echo the option: its value may be a password.
+                .ok_or_else(|| "a Kafka option (-X) is not of the form key=value".to_string())?;
+            if PROTECTED.contains(&k.trim()) {
+                return Err(format!(
+                    "Kafka option `{}` cannot be overridden: Switchyard sets it to keep at-least-once delivery",
+                    k.trim()
+                ));
+            }
             self.options
                 .push((k.trim().to_string(), v.trim().to_string()));
         }

@@ -73,10 +73,13 @@ pub async fn send_all(
     topic: &str,
     messages: &[(String, Vec<u8>)],
 ) -> Result<usize, String> {
-    let producer: FutureProducer = kafka
-        .producer()
-        .create()
-        .map_err(|e| format!("cannot create a producer for {}: {e}", kafka.brokers))?;
+    let producer: FutureProducer = kafka.producer().create().map_err(|e| {
+        format!(
+            "cannot create a producer for {}: {}",
+            kafka.brokers,
+            crate::kafka::error_text(&e)
+        )
+    })?;
     let mut pending = Vec::with_capacity(messages.len());
     for (key, value) in messages {
         let record = FutureRecord::to(topic)
@@ -115,10 +118,13 @@ pub async fn produce_jobs(
 /// join), so it reads from the moment it is created.
 pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, String> {
     let group = format!("switchyard-reader-{}", uuid::Uuid::new_v4());
-    let consumer: StreamConsumer = kafka
-        .reader(&group)
-        .create()
-        .map_err(|e| format!("cannot create a reader for {}: {e}", kafka.brokers))?;
+    let consumer: StreamConsumer = kafka.reader(&group).create().map_err(|e| {
+        format!(
+            "cannot create a reader for {}: {}",
+            kafka.brokers,
+            crate::kafka::error_text(&e)
+        )
+    })?;
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let metadata = consumer

@@ -117,8 +117,9 @@ pub async fn run(
     );
     let producer: FutureProducer = options.kafka.producer().create().map_err(|e| {
         RunError::Setup(format!(
-            "cannot create the Kafka producer for {}: {e}",
-            options.kafka.brokers
+            "cannot create the Kafka producer for {}: {}",
+            options.kafka.brokers,
+            crate::kafka::error_text(&e)
         ))
     })?;
     let output = Arc::new(Output::new(producer));

@@ -52,7 +52,10 @@ pub struct StageShared {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The consumer could not be created or subscribed.
-    #[error("stage `{stage}`: cannot consume {topic}: {source}")]
+    #[error(
+        "stage `{stage}`: cannot consume {topic}: {}",
+        crate::kafka::error_text(source)
+    )]
     Consumer {
         /// Stage.
         stage: String,
@@ -114,19 +117,30 @@ impl ConsumerContext for StageContext {
             .collect();
         // Give in-flight jobs of the revoked partitions a bounded time to finish, so their
         // offsets can be committed now instead of the jobs being redone by the next owner.
-        let deadline = Instant::now() + self.rebalance_timeout;
-        loop {
-            let busy: usize = {
-                let t = lock(&self.tracker);
-                partitions.iter().map(|p| t.in_flight_in(*p)).sum()
-            };
-            if busy == 0 || Instant::now() >= deadline {
-                if busy > 0 {
-                    tracing::warn!(stage = %self.stage, jobs = busy, "rebalance: handing back unfinished jobs; they will be redelivered");
+        let wait = || {
+            let deadline = Instant::now() + self.rebalance_timeout;
+            loop {
+                let busy: usize = {
+                    let t = lock(&self.tracker);
+                    partitions.iter().map(|p| t.in_flight_in(*p)).sum()
+                };
+                if busy == 0 || Instant::now() >= deadline {
+                    if busy > 0 {
+                        tracing::warn!(stage = %self.stage, jobs = busy, "rebalance: handing back unfinished jobs; they will be redelivered");
+                    }
+                    break;
                 }
-                break;
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The callback runs on a runtime worker (inside `recv`); tell the runtime it blocks, so
+        // the jobs being waited for keep their threads.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(wait);
+        } else {
+            wait();
         }
         let mut tpl = TopicPartitionList::new();
         {
@@ -145,12 +159,22 @@ impl ConsumerContext for StageContext {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(stage = %self.stage, error = %e, "rebalance: nothing committed");
         }
-        let left = lock(&self.tracker).partitions().len();
+        let (left, resumable) = {
+            let mut t = lock(&self.tracker);
+            (t.partitions().len(), t.resumable())
+        };
+        if !resumable.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for p in &resumable {
+                tpl.add_partition(&self.topic, *p);
+            }
+            let _ = consumer.resume(&tpl);
+        }
         self.readiness.set_assigned(&self.stage, left);
         tracing::info!(stage = %self.stage, ?partitions, "partitions revoked");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
                 let partitions: Vec<i32> = list
@@ -165,6 +189,11 @@ impl ConsumerContext for StageContext {
                     }
                     t.partitions().len()
                 };
+                // librdkafka keeps an application's pause across unassign and assign: a partition
+                // paused before the rebalance would stay paused for good. Start it afresh.
+                if let Err(e) = consumer.resume(list) {
+                    tracing::debug!(stage = %self.stage, error = %e, "resume after assign failed");
+                }
                 self.readiness.set_assigned(&self.stage, owned);
                 tracing::info!(stage = %self.stage, ?partitions, "partitions assigned");
             }
@@ -226,10 +255,12 @@ pub async fn run_stage(
     // Jobs keep running (and publishing) for a while after shutdown is asked for; they stop
     // retrying publishes only when `abandon` fires at the drain deadline.
     let abandon = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let message = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             m = consumer.recv() => m,
         };
         let m = match message {
@@ -270,8 +301,9 @@ pub async fn run_stage(
             tracker: tracker.clone(),
             topic: topic.clone(),
             abandon: abandon.clone(),
+            fatal: shutdown.clone(),
         };
-        tokio::spawn(job.run(ticket, received));
+        tasks.spawn(job.run(ticket, received));
     }
 
     // Shutdown: no more fetching; let in-flight jobs finish up to the deadline.
@@ -294,6 +326,12 @@ pub async fn run_stage(
     }
     abandon.cancel();
     commit_final(&consumer, &tracker, &topic, &stage);
+    // Unfinished jobs are handed back: forget them, stop them, and close the consumer now (its
+    // final revoke then has nothing to wait for).
+    lock(&tracker).clear();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(consumer);
     Ok(())
 }
 
@@ -340,6 +378,7 @@ struct JobTask {
     tracker: Tracker,
     topic: String,
     abandon: CancellationToken,
+    fatal: CancellationToken,
 }
 
 impl JobTask {
@@ -359,7 +398,15 @@ impl JobTask {
                         .await
                         .is_err()
                     {
-                        tracing::error!(error = %e, source = ?received.source, "output and dead letter both refused; job stays unacknowledged");
+                        // Nowhere to put the job: stop loudly rather than move past it.
+                        tracing::error!(
+                            error = %e,
+                            topic = %received.source.topic,
+                            partition = received.source.partition,
+                            offset = received.source.offset,
+                            "the broker refused both the output and the dead letter; stopping this worker so the job is not skipped. Check the dead-letter topic's max message size"
+                        );
+                        self.fatal.cancel();
                         return;
                     }
                 }
@@ -589,8 +636,16 @@ fn refused_dead_letter(shared: &StageShared, received: &Received, e: &PublishErr
         pipeline: shared.pipeline.name.clone(),
         stage: shared.runner.stage.name.clone(),
         reason: DeadLetterReason::OutputRejected,
-        detail: format!("{e}; the stage's output could not be published"),
-        original: Original::from_bytes(&received.payload),
+        detail: format!(
+            "{e}; the stage's output could not be published (input of {} bytes at {}/{}/{})",
+            received.payload.len(),
+            received.source.topic,
+            received.source.partition,
+            received.source.offset
+        ),
+        // The whole input may be what made the output too large: keep a bounded excerpt; the
+        // source position finds the rest.
+        original: Original::from_bytes(&received.payload[..received.payload.len().min(16 * 1024)]),
         source: received.source.clone(),
         attempts: Vec::new(),
         escalations: Vec::new(),

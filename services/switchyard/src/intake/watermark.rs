@@ -170,6 +170,17 @@ impl Watermarks {
         actions
     }
 
+    /// Partitions that are paused but may run again (after a revoke freed capacity).
+    pub fn resumable(&mut self) -> Vec<i32> {
+        self.resume_due()
+    }
+
+    /// Forgets every partition (at close), so nothing waits on abandoned jobs.
+    pub fn clear(&mut self) {
+        self.partitions.clear();
+        self.total = 0;
+    }
+
     /// Records that the consumer stored `offset` itself (e.g. before a final commit).
     pub fn mark_stored(&mut self, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&partition) {

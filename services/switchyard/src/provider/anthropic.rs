@@ -133,7 +133,13 @@ impl Anthropic {
                     request.timeout
                 )
             } else {
-                format!("request to {} failed: {e}", self.url)
+                let cause = std::error::Error::source(&e)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                format!(
+                    "request to {} failed: {cause}",
+                    super::openai::redacted_url(&self.url)
+                )
             };
             self.error(AttemptClass::Transient, None, &m, Usage::default())
         };

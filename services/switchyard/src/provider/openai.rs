@@ -195,6 +195,11 @@ impl OpenAiCompatible {
         request: &ChatRequest,
         started: Instant,
     ) -> ProviderError {
+        // Never print the URL as configured: it may carry credentials (user:pass@, ?key=).
+        let url = redacted_url(&self.url);
+        let cause = std::error::Error::source(e)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
         let message = if e.is_timeout() {
             format!(
                 "timed out after {:?} (limit {:?})",
@@ -202,12 +207,21 @@ impl OpenAiCompatible {
                 request.timeout
             )
         } else if e.is_connect() {
-            format!("cannot connect to {}: {e}", self.url)
+            format!("cannot connect to {url}: {cause}")
         } else {
-            format!("request to {} failed: {e}", self.url)
+            format!("request to {url} failed: {cause}")
         };
         self.fail(AttemptClass::Transient, None, message)
     }
+}
+
+/// `scheme://host[:port]/path` without user info or query.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    format!("{scheme}://{host}{path}")
 }
 
 impl ProviderApi for OpenAiCompatible {
@@ -269,6 +283,18 @@ mod tests {
         assert_eq!(
             OpenAiCompatible::body(&r)["response_format"]["type"],
             "json_object"
+        );
+    }
+
+    #[test]
+    fn urls_lose_credentials_before_they_are_printed() {
+        assert_eq!(
+            redacted_url("https://u:pw@host:8443/v1/chat?key=abc"),
+            "https://host:8443/v1/chat"
+        );
+        assert_eq!(
+            redacted_url("http://127.0.0.1:8089/simcloud/v1/chat/completions"),
+            "http://127.0.0.1:8089/simcloud/v1/chat/completions"
         );
     }
 
