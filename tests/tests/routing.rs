@@ -44,11 +44,33 @@ async fn anthropic_messages_adapter_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_key_is_taken_out_of_rotation() {
     let mut profile = quiet_profile();
-    profile.keys.insert("sk-revoked-0001".into(), llm_sim::profile::KeyProfile { rpm: None, revoked: true, out_of_credit: false });
-    profile.keys.insert("sk-good-0002".into(), llm_sim::profile::KeyProfile { rpm: None, revoked: false, out_of_credit: false });
+    profile.keys.insert(
+        "sk-revoked-0001".into(),
+        llm_sim::profile::KeyProfile {
+            rpm: None,
+            revoked: true,
+            out_of_credit: false,
+        },
+    );
+    profile.keys.insert(
+        "sk-good-0002".into(),
+        llm_sim::profile::KeyProfile {
+            rpm: None,
+            revoked: false,
+            out_of_credit: false,
+        },
+    );
     let mut h = start(profile).await;
-    let key = |name: &str, secret: &str| ProviderKey { key_ref: KeyRef::Env(name.into()), secret: Secret::new(secret), rpm: None, tpm: None };
-    h.pipeline.providers.get_mut("simcloud").unwrap().keys = vec![key("REVOKED_KEY", "sk-revoked-0001"), key("GOOD_KEY", "sk-good-0002")];
+    let key = |name: &str, secret: &str| ProviderKey {
+        key_ref: KeyRef::Env(name.into()),
+        secret: Secret::new(secret),
+        rpm: None,
+        tpm: None,
+    };
+    h.pipeline.providers.get_mut("simcloud").unwrap().keys = vec![
+        key("REVOKED_KEY", "sk-revoked-0001"),
+        key("GOOD_KEY", "sk-good-0002"),
+    ];
     h.pipeline.stages[0].route.provider.only = vec!["simcloud".into()];
     h.run_pipeline().await;
 
@@ -57,16 +79,27 @@ async fn a_revoked_key_is_taken_out_of_rotation() {
     let tally = h.collect(&ids(&first), 0, WAIT).await;
     let r = &tally.results["key-1"][0];
     let statuses: Vec<Option<u16>> = r.attempts.iter().map(|a| a.status).collect();
-    assert_eq!(statuses, [Some(401), Some(200)], "the same endpoint again, with the next key");
+    assert_eq!(
+        statuses,
+        [Some(401), Some(200)],
+        "the same endpoint again, with the next key"
+    );
     assert_eq!(r.attempts[0].class, AttemptClass::Auth);
 
-    let later: Vec<_> = (0..10).map(|i| job(&format!("key-later-{i}"), "[sim:high_confidence] later")).collect();
+    let later: Vec<_> = (0..10)
+        .map(|i| job(&format!("key-later-{i}"), "[sim:high_confidence] later"))
+        .collect();
     h.produce(&later).await;
     let tally = h.collect(&ids(&later), 0, WAIT).await;
     h.stop_pipeline().await;
     for j in &later {
         let rs = &tally.results[&j.job_id];
-        assert_eq!(rs[0].attempts.len(), 1, "the revoked key is not tried again: {:?}", rs[0].attempts);
+        assert_eq!(
+            rs[0].attempts.len(),
+            1,
+            "the revoked key is not tried again: {:?}",
+            rs[0].attempts
+        );
     }
     let stats = h.sim.sim.stats();
     let revoked = llm_sim::stats::key_label("sk-revoked-0001");
@@ -80,11 +113,18 @@ async fn a_revoked_key_is_taken_out_of_rotation() {
 async fn context_window_error_falls_back_to_a_larger_model() {
     let mut profile = quiet_profile();
     // swift-lite (16k in the catalog) will say the prompt is too long.
-    profile.models.get_mut("simlab/swift-lite").unwrap().context_length = Some(20);
+    profile
+        .models
+        .get_mut("simlab/swift-lite")
+        .unwrap()
+        .context_length = Some(20);
     let mut h = start(profile).await;
     h.pipeline.stages[0].models.reverse(); // swift-lite first, then swift-mini (32k)
     h.run_pipeline().await;
-    let jobs = vec![job("ctx-1", "[sim:high_confidence] a long complaint about a card that never arrived")];
+    let jobs = vec![job(
+        "ctx-1",
+        "[sim:high_confidence] a long complaint about a card that never arrived",
+    )];
     h.produce(&jobs).await;
     let tally = h.collect(&ids(&jobs), 0, WAIT).await;
     h.stop_pipeline().await;
@@ -102,13 +142,26 @@ async fn context_window_error_falls_back_to_a_larger_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn content_refusal_goes_to_the_content_fallback_or_the_dead_letters() {
     let mut h = start(quiet_profile()).await;
-    let lite = h.pipeline.stages[0].models.iter().find(|m| m.name == "simlab/swift-lite").unwrap().clone();
-    h.pipeline.stages[0].models.retain(|m| m.name == "simlab/swift-mini");
+    let lite = h.pipeline.stages[0]
+        .models
+        .iter()
+        .find(|m| m.name == "simlab/swift-lite")
+        .unwrap()
+        .clone();
+    h.pipeline.stages[0]
+        .models
+        .retain(|m| m.name == "simlab/swift-mini");
     h.pipeline.stages[0].content_fallback = vec![lite];
     h.run_pipeline().await;
     let jobs = vec![
-        job("refused-1", "[sim:content_filter@simlab/swift-mini] [sim:high_confidence] dispute"),
-        job("refused-2", "[sim:content_filter:always] dispute everywhere"),
+        job(
+            "refused-1",
+            "[sim:content_filter@simlab/swift-mini] [sim:high_confidence] dispute",
+        ),
+        job(
+            "refused-2",
+            "[sim:content_filter:always] dispute everywhere",
+        ),
     ];
     h.produce(&jobs).await;
     let tally = h.collect(&ids(&jobs), 0, WAIT).await;
@@ -117,7 +170,11 @@ async fn content_refusal_goes_to_the_content_fallback_or_the_dead_letters() {
     let r = &tally.results["refused-1"][0];
     assert_eq!(r.attempts[0].class, AttemptClass::ContentPolicy);
     assert_eq!(r.attempts[0].model, "simlab/swift-mini");
-    assert_eq!(r.attempts.len(), 2, "the refusal is final for that model: no other endpoint of it is tried");
+    assert_eq!(
+        r.attempts.len(),
+        2,
+        "the refusal is final for that model: no other endpoint of it is tried"
+    );
     assert_eq!(r.attempts[1].model, "simlab/swift-lite");
     assert_eq!(r.attempts[1].class, AttemptClass::Ok);
 

@@ -19,6 +19,7 @@ use crate::stage::StageRunner;
 #[derive(Debug, Default)]
 pub struct Readiness {
     assigned: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    totals: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
     changed: tokio::sync::Notify,
 }
 
@@ -30,6 +31,45 @@ impl Readiness {
             .unwrap_or_else(|p| p.into_inner())
             .insert(stage.to_string(), partitions);
         self.changed.notify_waiters();
+    }
+
+    /// Records how many partitions `stage`'s topic has in all.
+    pub fn set_total(&self, stage: &str, partitions: usize) {
+        self.totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stage.to_string(), partitions);
+        self.changed.notify_waiters();
+    }
+
+    /// This replica's share of the deployment's work: the largest share of partitions any of
+    /// its stages owns (1 when unknown). Provider quotas are scaled by it.
+    pub fn share(&self) -> f64 {
+        let assigned = self.assigned();
+        let totals = self
+            .totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let shares: Vec<f64> = assigned
+            .iter()
+            .filter_map(|(stage, n)| {
+                totals
+                    .get(stage)
+                    .filter(|t| **t > 0)
+                    .map(|t| *n as f64 / *t as f64)
+            })
+            .collect();
+        if shares.is_empty() {
+            1.0
+        } else {
+            shares.into_iter().fold(0.0, f64::max).max(0.01)
+        }
+    }
+
+    /// Waits for the next change.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Partitions owned, by stage.
@@ -124,6 +164,24 @@ pub async fn run(
     })?;
     let output = Arc::new(Output::new(producer));
 
+    // Keep this replica's share of the provider quotas in step with its partitions.
+    {
+        let readiness = options.readiness.clone();
+        let providers = providers.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = readiness.changed() => {
+                        let share = readiness.share();
+                        tracing::info!(share, "provider quotas rescaled to this replica's share of partitions");
+                        providers.limits.set_share(share);
+                    }
+                    _ = token.cancelled() => break,
+                }
+            }
+        });
+    }
     let mut workers = JoinSet::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
         if !options.stages.is_empty() && !options.stages.contains(&stage.name) {
@@ -160,5 +218,22 @@ pub async fn run(
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_is_the_largest_fraction_of_partitions_owned() {
+        let r = Readiness::default();
+        assert_eq!(r.share(), 1.0, "unknown totals: full quota");
+        r.set_total("triage", 8);
+        r.set_assigned("triage", 2);
+        assert_eq!(r.share(), 0.25);
+        r.set_total("resolve", 4);
+        r.set_assigned("resolve", 2);
+        assert_eq!(r.share(), 0.5);
     }
 }

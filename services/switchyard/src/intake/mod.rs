@@ -189,6 +189,11 @@ impl ConsumerContext for StageContext {
                     }
                     t.partitions().len()
                 };
+                if let Ok(md) = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(2))
+                    && let Some(t) = md.topics().iter().find(|t| t.name() == self.topic)
+                {
+                    self.readiness.set_total(&self.stage, t.partitions().len());
+                }
                 // librdkafka keeps an application's pause across unassign and assign: a partition
                 // paused before the rebalance would stay paused for good. Start it afresh.
                 if let Err(e) = consumer.resume(list) {
