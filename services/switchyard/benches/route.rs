@@ -65,8 +65,8 @@ fn measure(name: &str, models: &[RouteModel], prefs: &ProviderPrefs, health: &He
             models,
             prefs,
             &needs,
-            &|e| health.view(&e.id(), now),
-            i as u64,
+            &|e| health.view(&e.provider, &e.model, now),
+            Some(i as u64),
         ));
     }
     let started = Instant::now();
@@ -77,8 +77,8 @@ fn measure(name: &str, models: &[RouteModel], prefs: &ProviderPrefs, health: &He
             models,
             prefs,
             &needs,
-            &|e| health.view(&e.id(), now),
-            i as u64,
+            &|e| health.view(&e.provider, &e.model, now),
+            Some(i as u64),
         );
         candidates += p.candidates.len();
         black_box(p);
@@ -97,7 +97,7 @@ fn main() {
     // Some health history, as a running worker has.
     for m in &models {
         for e in &m.endpoints {
-            health.success(&e.id(), Duration::from_millis(300), 120);
+            health.success(&e.provider, &e.model, Duration::from_millis(300), 120);
         }
     }
     println!(

@@ -382,7 +382,7 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             &s.route.provider,
             &crate::route::Needs::default(),
             &|_| Default::default(),
-            0,
+            None,
         );
         let models: Vec<String> = plan.candidates.iter().map(|c| c.endpoint.id()).collect();
         println!(
@@ -447,7 +447,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<()> {
         &stage.route.provider,
         &needs,
         &|_| Default::default(),
-        0,
+        None,
     );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -468,6 +468,21 @@ fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             e.context_length,
             c.why
         );
+    }
+    for m in &stage.models {
+        let shares =
+            crate::route::primary_shares(m, &stage.route.provider, &needs, &|_| Default::default());
+        if shares.len() > 1 {
+            let text: Vec<String> = shares
+                .iter()
+                .map(|(p, s)| format!("{p} {:.0}%", s * 100.0))
+                .collect();
+            println!(
+                "  {}: first endpoint is picked per job, weighted by 1/price²: {}",
+                m.name,
+                text.join(", ")
+            );
+        }
     }
     if plan.excluded.is_empty() {
         println!("  nothing left out");

@@ -166,7 +166,8 @@ pub struct EndpointReport {
 #[derive(Debug, Default)]
 pub struct Health {
     config: BreakerConfig,
-    endpoints: Mutex<HashMap<String, EndpointHealth>>,
+    /// By provider, then model (looked up by `&str`, no allocation per call).
+    endpoints: Mutex<HashMap<String, HashMap<String, EndpointHealth>>>,
 }
 
 /// Whether a failure class says something about the endpoint itself.
@@ -186,22 +187,29 @@ impl Health {
         }
     }
 
-    fn with<T>(&self, id: &str, f: impl FnOnce(&mut EndpointHealth) -> T) -> T {
+    fn with<T>(&self, provider: &str, model: &str, f: impl FnOnce(&mut EndpointHealth) -> T) -> T {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(id.to_string()).or_insert_with(|| EndpointHealth {
-            breaker: Breaker::new(self.config),
-            latency_ms: Ewma::default(),
-            throughput: Ewma::default(),
-            errors: Ewma::default(),
-            calls: 0,
-            failures: 0,
-        });
+        if let Some(h) = map.get_mut(provider).and_then(|m| m.get_mut(model)) {
+            return f(h);
+        }
+        let entry = map
+            .entry(provider.to_string())
+            .or_default()
+            .entry(model.to_string())
+            .or_insert_with(|| EndpointHealth {
+                breaker: Breaker::new(self.config),
+                latency_ms: Ewma::default(),
+                throughput: Ewma::default(),
+                errors: Ewma::default(),
+                calls: 0,
+                failures: 0,
+            });
         f(entry)
     }
 
     /// What the route sees of an endpoint now.
-    pub fn view(&self, id: &str, now: Instant) -> HealthView {
-        self.with(id, |h| HealthView {
+    pub fn view(&self, provider: &str, model: &str, now: Instant) -> HealthView {
+        self.with(provider, model, |h| HealthView {
             open: matches!(
                 h.breaker.state(now),
                 BreakerState::Open { .. } | BreakerState::HalfOpen { probing: true }
@@ -216,13 +224,13 @@ impl Health {
     }
 
     /// Asks the breaker whether a call may go now.
-    pub fn allow(&self, id: &str, now: Instant) -> bool {
-        self.with(id, |h| h.breaker.allow(now))
+    pub fn allow(&self, provider: &str, model: &str, now: Instant) -> bool {
+        self.with(provider, model, |h| h.breaker.allow(now))
     }
 
     /// Records a successful call.
-    pub fn success(&self, id: &str, latency: Duration, completion_tokens: u64) {
-        self.with(id, |h| {
+    pub fn success(&self, provider: &str, model: &str, latency: Duration, completion_tokens: u64) {
+        self.with(provider, model, |h| {
             h.calls += 1;
             h.breaker.success();
             h.errors.add(0.0);
@@ -235,8 +243,8 @@ impl Health {
     }
 
     /// Records a failed call of `class`.
-    pub fn failure(&self, id: &str, class: AttemptClass, now: Instant) {
-        self.with(id, |h| {
+    pub fn failure(&self, provider: &str, model: &str, class: AttemptClass, now: Instant) {
+        self.with(provider, model, |h| {
             h.calls += 1;
             if counts_against_endpoint(class) {
                 h.failures += 1;
@@ -251,8 +259,9 @@ impl Health {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<EndpointReport> = map
             .iter()
+            .flat_map(|(p, models)| models.iter().map(move |(m, h)| (format!("{p}:{m}"), h)))
             .map(|(id, h)| EndpointReport {
-                endpoint: id.clone(),
+                endpoint: id,
                 breaker: match h.breaker.state(now) {
                     BreakerState::Closed => "closed".into(),
                     BreakerState::Open { .. } => "open".into(),
@@ -337,22 +346,22 @@ mod tests {
         let h = Health::new(cfg());
         let now = Instant::now();
         for _ in 0..10 {
-            h.failure("p:m", AttemptClass::RateLimited, now);
-            h.failure("p:m", AttemptClass::InvalidRequest, now);
+            h.failure("p", "m", AttemptClass::RateLimited, now);
+            h.failure("p", "m", AttemptClass::InvalidRequest, now);
         }
-        assert!(!h.view("p:m", now).open);
+        assert!(!h.view("p", "m", now).open);
         for _ in 0..3 {
-            h.failure("p:m", AttemptClass::Transient, now);
+            h.failure("p", "m", AttemptClass::Transient, now);
         }
-        assert!(h.view("p:m", now).open);
+        assert!(h.view("p", "m", now).open);
     }
 
     #[test]
     fn ewma_tracks_latency_and_throughput() {
         let h = Health::new(cfg());
-        h.success("p:m", Duration::from_millis(100), 50);
-        h.success("p:m", Duration::from_millis(200), 50);
-        let v = h.view("p:m", Instant::now());
+        h.success("p", "m", Duration::from_millis(100), 50);
+        h.success("p", "m", Duration::from_millis(200), 50);
+        let v = h.view("p", "m", Instant::now());
         let ms = v.latency.unwrap().as_secs_f64() * 1000.0;
         assert!((ms - 120.0).abs() < 0.01, "{ms}");
         let tps = v.throughput.unwrap();

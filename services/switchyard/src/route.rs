@@ -143,14 +143,25 @@ pub fn exclusion_rule(endpoint: &Endpoint, prefs: &ProviderPrefs, needs: &Needs)
 }
 
 /// Orders the candidates for one job. `health` looks up an endpoint's recent behaviour;
-/// `seed` (the job's hash) makes the price-weighted pick repeatable for a job.
+/// `seed` (the job's hash) makes the price-weighted pick repeatable for a job; without one the
+/// most likely order is shown (cheapest first), as `route explain` does.
 pub fn plan<'a>(
     models: &'a [RouteModel],
     prefs: &ProviderPrefs,
     needs: &Needs,
     health: &dyn Fn(&Endpoint) -> HealthView,
-    seed: u64,
+    seed: Option<u64>,
 ) -> Plan<'a> {
+    // One health lookup per endpoint per decision; sorting asks many times.
+    let mut memo: std::collections::HashMap<usize, HealthView> = std::collections::HashMap::new();
+    for e in models.iter().flat_map(|m| &m.endpoints) {
+        memo.insert(e as *const Endpoint as usize, health(e));
+    }
+    let health = &|e: &Endpoint| {
+        memo.get(&(e as *const Endpoint as usize))
+            .copied()
+            .unwrap_or_default()
+    };
     let mut healthy = Vec::new();
     let mut degraded = Vec::new();
     let mut excluded = Vec::new();
@@ -166,7 +177,13 @@ pub fn plan<'a>(
                 None => usable.push(e),
             }
         }
-        let (ordered, how) = order(&usable, model.variant, prefs, health, seed ^ (i as u64));
+        let (ordered, how) = order(
+            &usable,
+            model.variant,
+            prefs,
+            health,
+            seed.map(|s| s ^ (i as u64)),
+        );
         let keep = if !prefs.allow_fallbacks && prefs.order.is_empty() {
             1
         } else {
@@ -211,7 +228,7 @@ fn order<'a>(
     variant: Variant,
     prefs: &ProviderPrefs,
     health: &dyn Fn(&Endpoint) -> HealthView,
-    seed: u64,
+    seed: Option<u64>,
 ) -> (Vec<&'a Endpoint>, String) {
     let mut list: Vec<&Endpoint> = endpoints.to_vec();
     let by_price = |a: &&Endpoint, b: &&Endpoint| {
@@ -251,20 +268,12 @@ fn order<'a>(
         (Variant::Standard, None) => {
             list.sort_by(by_price);
             // Price-weighted first pick among endpoints whose breaker is closed.
-            let weights: Vec<f64> = list
-                .iter()
-                .map(|e| {
-                    let price = (e.blended_price().max(1)) as f64;
-                    let penalty = 1.0 - health(e).error_rate.clamp(0.0, 0.95);
-                    if health(e).open {
-                        0.0
-                    } else {
-                        penalty / (price * price)
-                    }
-                })
-                .collect();
+            let weights = primary_weights(&list, health);
             let total: f64 = weights.iter().sum();
-            if total > 0.0 && list.len() > 1 {
+            if let Some(seed) = seed
+                && total > 0.0
+                && list.len() > 1
+            {
                 let mut x = unit(seed) * total;
                 let mut pick = 0;
                 for (i, w) in weights.iter().enumerate() {
@@ -292,6 +301,48 @@ fn order<'a>(
         return (list, format!("provider.order first, then {how}"));
     }
     (list, how)
+}
+
+/// Weights of the default price-weighted first pick: 1/price², lowered by the error rate,
+/// zero for endpoints whose breaker is open.
+fn primary_weights(list: &[&Endpoint], health: &dyn Fn(&Endpoint) -> HealthView) -> Vec<f64> {
+    list.iter()
+        .map(|e| {
+            let view = health(e);
+            if view.open {
+                return 0.0;
+            }
+            let price = (e.blended_price().max(1)) as f64;
+            (1.0 - view.error_rate.clamp(0.0, 0.95)) / (price * price)
+        })
+        .collect()
+}
+
+/// For a model routed with the default ordering: each eligible endpoint's chance of being
+/// tried first, as `route explain` shows it.
+pub fn primary_shares(
+    model: &RouteModel,
+    prefs: &ProviderPrefs,
+    needs: &Needs,
+    health: &dyn Fn(&Endpoint) -> HealthView,
+) -> Vec<(String, f64)> {
+    if model.variant != Variant::Standard || prefs.sort.is_some() || !prefs.order.is_empty() {
+        return Vec::new();
+    }
+    let list: Vec<&Endpoint> = model
+        .endpoints
+        .iter()
+        .filter(|e| exclusion_rule(e, prefs, needs).is_none())
+        .collect();
+    let weights = primary_weights(&list, health);
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return Vec::new();
+    }
+    list.iter()
+        .zip(weights)
+        .map(|(e, w)| (e.provider.clone(), w / total))
+        .collect()
 }
 
 /// A number in [0, 1) from a seed (splitmix64).
@@ -361,7 +412,7 @@ mod tests {
     }
 
     fn run(models: &[RouteModel], prefs: &ProviderPrefs) -> Vec<String> {
-        ids(&plan(models, prefs, &Needs::default(), &healthy, 1))
+        ids(&plan(models, prefs, &Needs::default(), &healthy, Some(1)))
     }
 
     #[test]
@@ -413,7 +464,7 @@ mod tests {
             &ProviderPrefs::default(),
             &Needs::default(),
             &health,
-            1,
+            Some(1),
         );
         assert_eq!(ids(&p)[0], "a:m1");
         let prefs = ProviderPrefs {
@@ -425,7 +476,7 @@ mod tests {
             &prefs,
             &Needs::default(),
             &health,
-            1,
+            Some(1),
         );
         assert_eq!(ids(&p)[0], "b:m1");
     }
@@ -440,7 +491,7 @@ mod tests {
                 &ProviderPrefs::default(),
                 &Needs::default(),
                 &healthy,
-                seed.wrapping_mul(0x9E37_79B9),
+                Some(seed.wrapping_mul(0x9E37_79B9)),
             );
             *firsts
                 .entry(p.candidates[0].endpoint.provider.clone())
@@ -465,7 +516,7 @@ mod tests {
             &ProviderPrefs::default(),
             &Needs::default(),
             &health,
-            1,
+            Some(1),
         );
         assert_eq!(ids(&p), ["b:m1", "c:m1", "a:m1", "a:m2"]);
         assert!(p.candidates[2].why.contains("circuit breaker open"));
@@ -490,7 +541,7 @@ mod tests {
             &prefs,
             &Needs::default(),
             &healthy,
-            1,
+            Some(1),
         );
         assert_eq!(ids(&p), ["b:m1"]);
         assert_eq!(p.excluded.len(), 3);
@@ -514,7 +565,7 @@ mod tests {
             &prefs,
             &Needs::default(),
             &healthy,
-            1,
+            Some(1),
         );
         assert_eq!(ids(&p), ["b:m1"]);
         assert!(
@@ -543,7 +594,7 @@ mod tests {
             &prefs,
             &Needs::default(),
             &healthy,
-            1,
+            Some(1),
         );
         assert_eq!(ids(&p), ["a:m1", "a:m2"]);
         let rules: Vec<&str> = p.excluded.iter().map(|x| x.rule.as_str()).collect();
@@ -572,7 +623,7 @@ mod tests {
             require_parameters: true,
             ..ProviderPrefs::default()
         };
-        let p = plan(&m, &prefs, &needs, &healthy, 1);
+        let p = plan(&m, &prefs, &needs, &healthy, Some(1));
         assert_eq!(ids(&p), ["a:m1", "b:m1"]);
         assert!(
             p.excluded
@@ -589,7 +640,7 @@ mod tests {
             ..ProviderPrefs::default()
         };
         assert_eq!(
-            ids(&plan(&m, &prefs, &Needs::default(), &healthy, 1)),
+            ids(&plan(&m, &prefs, &Needs::default(), &healthy, Some(1))),
             ["a:m1"]
         );
         let prefs = ProviderPrefs {
@@ -597,7 +648,7 @@ mod tests {
             ..ProviderPrefs::default()
         };
         assert_eq!(
-            ids(&plan(&m, &prefs, &Needs::default(), &healthy, 1)),
+            ids(&plan(&m, &prefs, &Needs::default(), &healthy, Some(1))),
             ["a:m1"]
         );
     }

@@ -249,8 +249,14 @@ impl StageRunner {
     ) -> Attempted {
         loop {
             let now = Instant::now();
-            let health = |e: &Endpoint| self.providers.health.view(&e.id(), now);
-            let plan = crate::route::plan(models, &self.stage.route.provider, needs, &health, seed);
+            let health = |e: &Endpoint| self.providers.health.view(&e.provider, &e.model, now);
+            let plan = crate::route::plan(
+                models,
+                &self.stage.route.provider,
+                needs,
+                &health,
+                Some(seed),
+            );
             let mut notes: Vec<String> = plan
                 .excluded
                 .iter()
@@ -275,7 +281,11 @@ impl StageRunner {
                     ));
                     continue;
                 }
-                if !self.providers.health.allow(&endpoint.id(), Instant::now()) {
+                if !self
+                    .providers
+                    .health
+                    .allow(&endpoint.provider, &endpoint.model, Instant::now())
+                {
                     notes.push(format!("{} skipped: circuit breaker open", endpoint.id()));
                     continue;
                 }
@@ -406,16 +416,24 @@ impl StageRunner {
         let result = self.providers.call(&endpoint.provider, &request).await;
         let elapsed = started.elapsed();
         drop(request);
-        let id = endpoint.id();
         let (status, class, error, usage) = match &result {
             Ok(c) => {
-                self.providers
-                    .health
-                    .success(&id, elapsed, c.usage.completion_tokens);
+                let h = &self.providers.health;
+                h.success(
+                    &endpoint.provider,
+                    &endpoint.model,
+                    elapsed,
+                    c.usage.completion_tokens,
+                );
                 (Some(c.status), AttemptClass::Ok, None, c.usage)
             }
             Err(e) => {
-                self.providers.health.failure(&id, e.class, Instant::now());
+                self.providers.health.failure(
+                    &endpoint.provider,
+                    &endpoint.model,
+                    e.class,
+                    Instant::now(),
+                );
                 (e.status, e.class, Some(e.message.clone()), e.usage)
             }
         };
