@@ -182,3 +182,51 @@ async fn content_refusal_goes_to_the_content_fallback_or_the_dead_letters() {
     assert_eq!(d.reason, DeadLetterReason::ContentPolicy);
     assert!(d.detail.contains("content fallback"), "{}", d.detail);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demand_above_a_key_limit_waits_instead_of_drawing_429s() {
+    let mut profile = quiet_profile();
+    profile.keys.insert(
+        "sk-limited-0003".into(),
+        llm_sim::profile::KeyProfile {
+            rpm: Some(120),
+            revoked: false,
+            out_of_credit: false,
+        },
+    );
+    let mut h = start(profile).await;
+    let p = h.pipeline.providers.get_mut("simcloud").unwrap();
+    p.keys = vec![ProviderKey {
+        key_ref: KeyRef::Env("LIMITED_KEY".into()),
+        secret: Secret::new("sk-limited-0003"),
+        rpm: Some(120),
+        tpm: None,
+    }];
+    p.rpm = None;
+    h.pipeline.stages[0].route.provider.only = vec!["simcloud".into()];
+    h.pipeline.stages[0].route.max_wait = Duration::from_millis(200);
+    h.run_pipeline().await;
+    // 20 jobs at 2 requests/s: about ten seconds of waiting for capacity, far past max_wait.
+    let jobs: Vec<_> = (0..20)
+        .map(|i| job(&format!("limited-{i}"), "[sim:high_confidence] limit me"))
+        .collect();
+    h.produce(&jobs).await;
+    let tally = h.collect(&ids(&jobs), 0, Duration::from_secs(40)).await;
+    h.stop_pipeline().await;
+
+    assert_eq!(
+        tally.dead.len(),
+        0,
+        "a rate limit must never dead-letter a job: {:?}",
+        tally.dead
+    );
+    assert!(jobs.iter().all(|j| tally.results.contains_key(&j.job_id)));
+    let stats = h.sim.sim.stats();
+    assert_eq!(
+        stats.sent_429, 0,
+        "the limit is kept, not discovered through 429s"
+    );
+    let k = &stats.keys[&llm_sim::stats::key_label("sk-limited-0003")];
+    assert_eq!(k.requests, 20);
+    assert!(k.max_rpm_observed <= 122, "{k:?}");
+}

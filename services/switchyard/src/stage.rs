@@ -247,6 +247,11 @@ impl StageRunner {
         tokens: u32,
         run: &mut Attempts,
     ) -> Attempted {
+        // Across rounds: endpoints already called (one call per candidate), and what failures
+        // taught us. A round ends with a wait only when some candidate lacked rate-limit capacity.
+        let mut called: Vec<(String, String)> = Vec::new();
+        let mut invalid_requests = 0;
+        let mut smaller_than: Option<u32> = None;
         loop {
             let now = Instant::now();
             let health = |e: &Endpoint| self.providers.health.view(&e.provider, &e.model, now);
@@ -266,14 +271,17 @@ impl StageRunner {
                 notes.push("no endpoint is eligible under the route's rules".into());
                 return Attempted::Exhausted(notes);
             }
-            let mut invalid_requests = 0;
-            let mut smaller_than: Option<u32> = None;
             let mut soonest_capacity: Option<Duration> = None;
-            let attempts_before = run.list.len();
             let mut i = 0;
             while i < plan.candidates.len() {
                 let endpoint = plan.candidates[i].endpoint;
                 i += 1;
+                if called
+                    .iter()
+                    .any(|(p, m)| *p == endpoint.provider && *m == endpoint.model)
+                {
+                    continue;
+                }
                 if smaller_than.is_some_and(|c| endpoint.context_length <= c) {
                     notes.push(format!(
                         "{} skipped: its context window is not larger",
@@ -307,7 +315,12 @@ impl StageRunner {
                         continue;
                     }
                 };
-                let completion = match self.call(endpoint, messages, false, permit, run).await {
+                let result = self.call(endpoint, messages, false, permit, run).await;
+                if !matches!(&result, Err((e, _)) if matches!(e.class, AttemptClass::Auth | AttemptClass::OutOfCredit))
+                {
+                    called.push((endpoint.provider.clone(), endpoint.model.clone()));
+                }
+                let completion = match result {
                     Ok(c) => c,
                     Err((e, key)) => match e.class {
                         AttemptClass::RateLimited => {
@@ -380,13 +393,14 @@ impl StageRunner {
                 }
             }
             match soonest_capacity {
-                // Nothing was even tried because every candidate is at its rate limit: hold the
-                // job (its in-flight slot makes the partitions pause) until capacity returns.
-                Some(wait) if run.list.len() == attempts_before => {
-                    tracing::debug!(?wait, "no candidate has capacity; waiting");
+                // Candidates left untried only for want of rate-limit capacity: hold the job
+                // (its in-flight slot makes the partitions pause) until capacity returns, then
+                // try those. A rate limit never dead-letters a job.
+                Some(wait) => {
+                    tracing::debug!(?wait, "candidates at their rate limit; waiting");
                     tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
                 }
-                _ => return Attempted::Exhausted(notes),
+                None => return Attempted::Exhausted(notes),
             }
         }
     }
