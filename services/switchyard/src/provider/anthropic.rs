@@ -2,19 +2,16 @@
 //! the system prompt as a top-level field, and structured output through one forced tool whose
 //! input schema is the stage's output schema (the answer is the tool call's input).
 
-use std::time::Instant;
-
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, classify_status,
-    parse_retry_after,
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, http_error, post_json,
+    scrubbed,
 };
 use crate::config::Provider;
 use crate::envelope::AttemptClass;
-use crate::secret::scrub;
 
 /// The API version sent in `anthropic-version`.
 pub const API_VERSION: &str = "2023-06-01";
@@ -106,79 +103,35 @@ impl Anthropic {
         message: &str,
         usage: Usage,
     ) -> ProviderError {
-        let mut m = scrub(message, self.provider.keys.iter().map(|k| &k.secret));
-        if m.len() > 600 {
-            let mut cut = 600;
-            while !m.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            m.truncate(cut);
-        }
         ProviderError {
             class,
             status,
-            message: m,
+            message: scrubbed(message, self.provider.keys.iter().map(|k| &k.secret)),
             retry_after: None,
             usage,
         }
     }
 
     async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
-        let started = Instant::now();
-        let transport = |e: reqwest::Error| {
-            let m = if e.is_timeout() {
-                format!(
-                    "timed out after {:?} (limit {:?})",
-                    started.elapsed(),
-                    request.timeout
-                )
-            } else {
-                let cause = std::error::Error::source(&e)
-                    .map(|c| c.to_string())
-                    .unwrap_or_default();
-                format!(
-                    "request to {} failed: {cause}",
-                    super::openai::redacted_url(&self.url)
-                )
-            };
-            self.error(AttemptClass::Transient, None, &m, Usage::default())
-        };
-        let response = self
-            .http
-            .post(&self.url)
-            .headers(self.headers(request))
-            .timeout(request.timeout)
-            .json(&Self::body(request))
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-        let bytes = response.bytes().await.map_err(transport)?;
-        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let reply = post_json(
+            &self.http,
+            &self.url,
+            self.headers(request),
+            &Self::body(request),
+            request.timeout,
+            &self.provider,
+        )
+        .await?;
+        let status = reply.status;
         if !(200..300).contains(&status) {
-            let message = body
-                .as_ref()
-                .and_then(|b| {
-                    b.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            let mut e = self.error(
-                classify_status(status, &message),
-                Some(status),
-                &format!("HTTP {status}: {message}"),
-                Usage::default(),
-            );
-            e.retry_after = retry_after;
-            return Err(e);
+            let message = reply.json.as_ref().and_then(|b| {
+                b.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+            return Err(http_error(&reply, message, &self.provider));
         }
-        let Some(body) = body else {
+        let Some(body) = reply.json else {
             return Err(self.error(
                 AttemptClass::ProviderBadOutput,
                 Some(status),

@@ -220,6 +220,112 @@ mod tests {
     }
 }
 
+/// What an HTTP call to a provider brought back, the same for every API family.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Retry-After, parsed.
+    pub retry_after: Option<Duration>,
+    /// The body, parsed as JSON when it is.
+    pub json: Option<Value>,
+    /// The body as text (for errors that are not JSON).
+    pub text: String,
+}
+
+/// Error text safe to keep: secrets replaced, at most 600 bytes.
+pub(crate) fn scrubbed<'a>(
+    text: &str,
+    secrets: impl IntoIterator<Item = &'a crate::secret::Secret>,
+) -> String {
+    let mut t = crate::secret::scrub(text, secrets);
+    if t.len() > 600 {
+        let mut cut = 600;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+        t.push('…');
+    }
+    t
+}
+
+/// POSTs `body` as JSON and reads the reply. Transport failures (timeout, connection) come
+/// back as transient errors whose text never shows the URL's credentials.
+pub(crate) async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    headers: reqwest::header::HeaderMap,
+    body: &Value,
+    timeout: Duration,
+    provider: &Provider,
+) -> Result<Reply, ProviderError> {
+    let started = std::time::Instant::now();
+    let transport = |e: reqwest::Error| {
+        let cause = std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        let where_ = openai::redacted_url(url);
+        let message = if e.is_timeout() {
+            format!(
+                "timed out after {:?} (limit {timeout:?})",
+                started.elapsed()
+            )
+        } else if e.is_connect() {
+            format!("cannot connect to {where_}: {cause}")
+        } else {
+            format!("request to {where_} failed: {cause}")
+        };
+        ProviderError {
+            class: AttemptClass::Transient,
+            status: None,
+            message: scrubbed(&message, provider.keys.iter().map(|k| &k.secret)),
+            retry_after: None,
+            usage: Usage::default(),
+        }
+    };
+    let response = http
+        .post(url)
+        .headers(headers)
+        .timeout(timeout)
+        .json(body)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    let bytes = response.bytes().await.map_err(transport)?;
+    Ok(Reply {
+        status,
+        retry_after,
+        json: serde_json::from_slice(&bytes).ok(),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// The classified error for a non-2xx reply; `message` is the provider's own error text.
+pub(crate) fn http_error(
+    reply: &Reply,
+    message: Option<String>,
+    provider: &Provider,
+) -> ProviderError {
+    let message = message.unwrap_or_else(|| reply.text.clone());
+    ProviderError {
+        class: classify_status(reply.status, &message),
+        status: Some(reply.status),
+        message: scrubbed(
+            &format!("HTTP {}: {message}", reply.status),
+            provider.keys.iter().map(|k| &k.secret),
+        ),
+        retry_after: reply.retry_after,
+        usage: Usage::default(),
+    }
+}
+
 /// Every provider a pipeline uses: adapters sharing one HTTP pool, their capacity, and the
 /// health of their endpoints.
 #[derive(Debug)]

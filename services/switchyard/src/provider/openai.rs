@@ -1,19 +1,16 @@
 //! OpenAI-compatible chat completions: OpenAI, OpenRouter, vLLM, Ollama, llm-sim and any
 //! server that speaks `POST {base_url}/chat/completions`.
 
-use std::time::Instant;
-
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, classify_status,
-    parse_retry_after,
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, http_error, post_json,
+    scrubbed,
 };
 use crate::config::Provider;
 use crate::envelope::AttemptClass;
-use crate::secret::scrub;
 
 /// The adapter.
 #[derive(Debug)]
@@ -83,135 +80,89 @@ impl OpenAiCompatible {
         h
     }
 
-    fn fail(&self, class: AttemptClass, status: Option<u16>, message: String) -> ProviderError {
+    fn fail(
+        &self,
+        class: AttemptClass,
+        status: Option<u16>,
+        message: &str,
+        usage: Usage,
+    ) -> ProviderError {
         ProviderError {
             class,
             status,
-            message: self.scrubbed(&message),
+            message: scrubbed(message, self.provider.keys.iter().map(|k| &k.secret)),
             retry_after: None,
-            usage: Usage::default(),
+            usage,
         }
-    }
-
-    fn scrubbed(&self, text: &str) -> String {
-        let mut t = scrub(text, self.provider.keys.iter().map(|k| &k.secret));
-        if t.len() > 600 {
-            let mut cut = 600;
-            while !t.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            t.truncate(cut);
-            t.push('…');
-        }
-        t
     }
 
     async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
-        let started = Instant::now();
-        let response = self
-            .http
-            .post(&self.url)
-            .headers(self.headers(request))
-            .timeout(request.timeout)
-            .json(&Self::body(request))
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e, request, started))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e, request, started))?;
-        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let reply = post_json(
+            &self.http,
+            &self.url,
+            self.headers(request),
+            &Self::body(request),
+            request.timeout,
+            &self.provider,
+        )
+        .await?;
+        let status = reply.status;
         if !(200..300).contains(&status) {
-            let message = body
-                .as_ref()
-                .and_then(error_message)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            let mut e = self.fail(
-                classify_status(status, &message),
-                Some(status),
-                format!("HTTP {status}: {message}"),
-            );
-            e.retry_after = retry_after;
-            return Err(e);
+            return Err(http_error(
+                &reply,
+                reply.json.as_ref().and_then(error_message),
+                &self.provider,
+            ));
         }
-        let Some(body) = body else {
+        let Some(body) = reply.json else {
             return Err(self.fail(
                 AttemptClass::ProviderBadOutput,
                 Some(status),
-                "HTTP 200 with a body that is not JSON".into(),
+                "HTTP 200 with a body that is not JSON",
+                Usage::default(),
             ));
         };
         let usage = usage(&body);
-        let bad = |message: String| ProviderError {
-            class: AttemptClass::ProviderBadOutput,
-            status: Some(status),
-            message: self.scrubbed(&message),
-            retry_after: None,
-            usage,
+        let bad = |message: &str| {
+            self.fail(
+                AttemptClass::ProviderBadOutput,
+                Some(status),
+                message,
+                usage,
+            )
         };
         if let Some(message) = error_message(&body) {
-            return Err(bad(format!("HTTP 200 with an error object: {message}")));
+            return Err(bad(&format!("HTTP 200 with an error object: {message}")));
         }
         let Some(choice) = body
             .get("choices")
             .and_then(Value::as_array)
             .and_then(|c| c.first())
         else {
-            return Err(bad("HTTP 200 with no choices".into()));
+            return Err(bad("HTTP 200 with no choices"));
         };
         match choice.get("finish_reason").and_then(Value::as_str) {
             Some("length") => {
-                return Err(bad(
-                    "output truncated at max_tokens (finish_reason=length)".into()
-                ));
+                return Err(bad("output truncated at max_tokens (finish_reason=length)"));
             }
             Some("content_filter") => {
-                let mut e = bad("refused by the provider's content filter".into());
-                e.class = AttemptClass::ContentPolicy;
-                return Err(e);
+                return Err(self.fail(
+                    AttemptClass::ContentPolicy,
+                    Some(status),
+                    "refused by the provider's content filter",
+                    usage,
+                ));
             }
             _ => {}
         }
         let Some(content) = choice.pointer("/message/content").and_then(Value::as_str) else {
-            return Err(bad("HTTP 200 with no message content".into()));
+            return Err(bad("HTTP 200 with no message content"));
         };
         Ok(Completion {
             content: content.to_string(),
             usage,
             status,
         })
-    }
-
-    fn transport_error(
-        &self,
-        e: &reqwest::Error,
-        request: &ChatRequest,
-        started: Instant,
-    ) -> ProviderError {
-        // Never print the URL as configured: it may carry credentials (user:pass@, ?key=).
-        let url = redacted_url(&self.url);
-        let cause = std::error::Error::source(e)
-            .map(|c| c.to_string())
-            .unwrap_or_default();
-        let message = if e.is_timeout() {
-            format!(
-                "timed out after {:?} (limit {:?})",
-                started.elapsed(),
-                request.timeout
-            )
-        } else if e.is_connect() {
-            format!("cannot connect to {url}: {cause}")
-        } else {
-            format!("request to {url} failed: {cause}")
-        };
-        self.fail(AttemptClass::Transient, None, message)
     }
 }
 
