@@ -56,6 +56,7 @@ fn measure(name: &str, models: &[RouteModel], prefs: &ProviderPrefs, health: &He
     let needs = Needs {
         parameters: vec!["response_format".into(), "max_tokens".into()],
         prompt_tokens: Some(1_200),
+        tenant: None,
     };
     let iterations = if models.len() > 10 { 2_000 } else { 200_000 };
     // Warm up.

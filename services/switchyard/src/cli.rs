@@ -441,6 +441,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     let needs = crate::route::Needs {
         parameters,
         prompt_tokens: a.prompt_tokens,
+        tenant: None,
     };
     let plan = crate::route::plan(
         &stage.models,

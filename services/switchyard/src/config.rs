@@ -146,6 +146,9 @@ pub struct PipelineFile {
     /// Sample jobs (JSONL of payloads) for `switchyard demo`.
     #[serde(default)]
     pub samples: Option<PathBuf>,
+    /// Tenants file, relative to the pipeline folder; without one, tenants are not checked.
+    #[serde(default)]
+    pub tenants: Option<PathBuf>,
     /// The stages, in escalation order.
     pub stages: Vec<StageFile>,
 }
@@ -508,6 +511,50 @@ pub struct KeyFile {
     pub tpm: Option<u32>,
 }
 
+/// `tenants.yaml` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsFile {
+    /// Tenants by name.
+    pub tenants: BTreeMap<String, TenantFile>,
+}
+
+/// One tenant as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    /// Catalog models it may use (all when absent).
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Providers it may use (all when absent).
+    #[serde(default)]
+    pub allowed_providers: Vec<String>,
+    /// `deny`: only endpoints that do not keep prompts.
+    #[serde(default)]
+    pub data_collection: DataPolicy,
+    /// Budgets in US dollars.
+    #[serde(default)]
+    pub budget: BudgetFile,
+    /// Its own keys by provider (BYOK), tried before the provider's shared keys.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyFile>,
+    /// Whether shared keys may be used after its own (default true).
+    #[serde(default = "yes")]
+    pub shared_keys: bool,
+}
+
+/// Budgets as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetFile {
+    /// Per UTC day, US dollars.
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    /// Per UTC month, US dollars.
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
+}
+
 /// `catalog.yaml` as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -725,6 +772,8 @@ pub struct Pipeline {
     pub providers: BTreeMap<String, Provider>,
     /// Sample payloads file, if any.
     pub samples: Option<PathBuf>,
+    /// Tenants by name; `None` when the pipeline has no tenants file (no tenant checks).
+    pub tenants: Option<BTreeMap<String, crate::tenant::Tenant>>,
 }
 
 impl Pipeline {
@@ -1080,10 +1129,26 @@ impl Pipeline {
                 Err(e) => errors.push(err(path, at(&s.display().to_string()), e)),
             }
         }
+        let tenants = match &file.tenants {
+            None => None,
+            Some(t) => {
+                let tpath = dir.join(t);
+                let (tf, ttext): (TenantsFile, String) = read_yaml(&tpath)?;
+                Some(resolve_tenants(
+                    &tpath,
+                    &ttext,
+                    tf,
+                    &catalog,
+                    &providers_file,
+                    &mut errors,
+                ))
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Pipeline {
+            tenants,
             name,
             description: file.description,
             dir: dir.to_path_buf(),
@@ -1162,6 +1227,90 @@ fn check_prompts_render(
             ));
         }
     }
+}
+
+fn resolve_tenants(
+    path: &Path,
+    text: &str,
+    file: TenantsFile,
+    catalog: &CatalogFile,
+    providers: &ProvidersFile,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, crate::tenant::Tenant> {
+    let usd = |v: Option<f64>,
+               what: &str,
+               name: &str,
+               errors: &mut Vec<ConfigError>|
+     -> Option<crate::money::MicroUsd> {
+        let v = v?;
+        if !(v.is_finite() && v >= 0.0) {
+            errors.push(err(
+                path,
+                line_of(text, what),
+                format!("tenant `{name}`: {what} {v} must be a non-negative number of dollars"),
+            ));
+            return None;
+        }
+        Some(crate::money::MicroUsd((v * 1e6).round() as u64))
+    };
+    let mut out = BTreeMap::new();
+    for (name, t) in file.tenants {
+        for m in &t.allowed_models {
+            if !catalog.models.contains_key(m) {
+                errors.push(err(
+                    path,
+                    line_of(text, m),
+                    format!("tenant `{name}` allows model `{m}`, which the catalog does not list"),
+                ));
+            }
+        }
+        for p in t.allowed_providers.iter().chain(t.keys.keys()) {
+            if !providers.providers.contains_key(p) {
+                errors.push(err(
+                    path,
+                    line_of(text, p),
+                    format!(
+                        "tenant `{name}` names provider `{p}`, which providers.yaml does not define"
+                    ),
+                ));
+            }
+        }
+        let mut keys = Vec::new();
+        for (provider, k) in &t.keys {
+            match k.key.resolve() {
+                Ok(secret) => keys.push((
+                    provider.clone(),
+                    ProviderKey {
+                        key_ref: k.key.clone(),
+                        secret,
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                    },
+                )),
+                Err(e) => errors.push(err(
+                    path,
+                    line_of(text, &k.key.to_string()),
+                    format!("tenant `{name}`, provider `{provider}`: {e}"),
+                )),
+            }
+        }
+        let daily = usd(t.budget.daily_usd, "daily_usd", &name, errors);
+        let monthly = usd(t.budget.monthly_usd, "monthly_usd", &name, errors);
+        out.insert(
+            name.clone(),
+            crate::tenant::Tenant {
+                name,
+                allowed_models: t.allowed_models,
+                allowed_providers: t.allowed_providers,
+                data_collection: t.data_collection,
+                daily,
+                monthly,
+                keys,
+                shared_keys: t.shared_keys,
+            },
+        );
+    }
+    out
 }
 
 fn endpoint(name: &str, model: &ModelFile, e: &EndpointFile) -> Endpoint {

@@ -117,6 +117,21 @@ pub struct Attempt {
     pub cost_micro_usd: MicroUsd,
     /// Whether this was the repair re-ask.
     pub repair: bool,
+    /// The key's reference (`env:NAME`), never the key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Whether the tenant's own key (BYOK) was used.
+    #[serde(default)]
+    pub tenant_key: bool,
+    /// Prompt tokens served from cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Reasoning tokens.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// What the provider said the call cost, when it did.
+    #[serde(default)]
+    pub provider_cost_micro_usd: Option<MicroUsd>,
 }
 
 /// Why a stage escalated a job.
@@ -482,6 +497,11 @@ mod tests {
             completion_tokens: 0,
             cost_micro_usd: MicroUsd(0),
             repair: false,
+            key: Some("env:A_KEY".into()),
+            tenant_key: false,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            provider_cost_micro_usd: None,
         };
         let step = EscalationStep {
             from_stage: "triage".into(),

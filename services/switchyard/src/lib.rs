@@ -27,3 +27,4 @@ pub mod runner;
 pub mod secret;
 pub mod stage;
 pub mod telemetry;
+pub mod tenant;

@@ -103,17 +103,48 @@ struct ProviderLimits {
     tpm: Rate,
     in_flight: Option<Arc<Semaphore>>,
     keys: Vec<KeySlot>,
+    tenant_keys: HashMap<String, KeySlot>,
+}
+
+/// Which key: one of the provider's shared keys, or a tenant's own (BYOK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyId {
+    /// A shared key, by position.
+    Shared(usize),
+    /// The tenant's own key for this provider.
+    Tenant(String),
+}
+
+/// Whose keys a call may use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyChoice<'a> {
+    /// The job's tenant, whose own key goes first.
+    pub tenant: Option<&'a str>,
+    /// Whether the provider's shared keys may be used (after the tenant's own).
+    pub shared: bool,
+}
+
+impl KeyChoice<'_> {
+    /// Shared keys only (no tenancy).
+    pub fn shared_only() -> KeyChoice<'static> {
+        KeyChoice {
+            tenant: None,
+            shared: true,
+        }
+    }
 }
 
 /// Leave to call a provider with one key; holds a concurrency slot until dropped.
 #[derive(Debug)]
 pub struct Permit {
-    /// Index of the key granted (into the provider's keys).
-    pub key: usize,
+    /// The key granted.
+    pub key: KeyId,
     /// The key itself (none for keyless servers).
     pub secret: Option<Secret>,
     /// The key's reference, safe to print (`env:NAME`, or `none`).
     pub key_label: String,
+    /// Whether it is a tenant's own key (BYOK).
+    pub tenant_key: bool,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -145,23 +176,36 @@ pub struct Limits {
     providers: HashMap<String, ProviderLimits>,
 }
 
+fn slot(k: &crate::config::ProviderKey) -> KeySlot {
+    KeySlot {
+        label: k.key_ref.to_string(),
+        secret: Some(k.secret.clone()),
+        rpm: Rate::new(k.rpm),
+        tpm: Rate::new(k.tpm),
+        standing: Mutex::new(Standing::default()),
+    }
+}
+
 impl Limits {
+    /// Adds tenants' own keys (BYOK): `(tenant, provider, key)`.
+    pub fn with_tenant_keys<'a>(
+        mut self,
+        keys: impl IntoIterator<Item = (&'a str, &'a str, &'a crate::config::ProviderKey)>,
+    ) -> Self {
+        for (tenant, provider, key) in keys {
+            if let Some(p) = self.providers.get_mut(provider) {
+                p.tenant_keys.insert(tenant.to_string(), slot(key));
+            }
+        }
+        self
+    }
+
     /// Limits for `providers` as configured.
     pub fn new<'a>(providers: impl IntoIterator<Item = &'a Provider>) -> Self {
         let providers = providers
             .into_iter()
             .map(|p| {
-                let mut keys: Vec<KeySlot> = p
-                    .keys
-                    .iter()
-                    .map(|k| KeySlot {
-                        label: k.key_ref.to_string(),
-                        secret: Some(k.secret.clone()),
-                        rpm: Rate::new(k.rpm),
-                        tpm: Rate::new(k.tpm),
-                        standing: Mutex::new(Standing::default()),
-                    })
-                    .collect();
+                let mut keys: Vec<KeySlot> = p.keys.iter().map(slot).collect();
                 if keys.is_empty() {
                     keys.push(KeySlot {
                         label: "none".into(),
@@ -178,6 +222,7 @@ impl Limits {
                         .max_concurrency
                         .map(|n| Arc::new(Semaphore::new(n as usize))),
                     keys,
+                    tenant_keys: HashMap::new(),
                 };
                 (p.name.clone(), limits)
             })
@@ -191,15 +236,29 @@ impl Limits {
         for p in self.providers.values() {
             p.rpm.rescale(share);
             p.tpm.rescale(share);
-            for k in &p.keys {
+            for k in p.keys.iter().chain(p.tenant_keys.values()) {
                 k.rpm.rescale(share);
                 k.tpm.rescale(share);
             }
         }
     }
 
-    /// Asks for one call to `provider` of about `tokens` tokens.
-    pub fn try_acquire(&self, provider: &str, tokens: u32, now: Instant) -> Capacity {
+    /// Whether `provider` has a key this choice may use at all.
+    pub fn has_key_for(&self, provider: &str, choice: KeyChoice<'_>) -> bool {
+        self.providers.get(provider).is_some_and(|p| {
+            choice.shared || choice.tenant.is_some_and(|t| p.tenant_keys.contains_key(t))
+        })
+    }
+
+    /// Asks for one call to `provider` of about `tokens` tokens: the tenant's own key first,
+    /// then (if allowed) the shared keys in order.
+    pub fn try_acquire(
+        &self,
+        provider: &str,
+        tokens: u32,
+        now: Instant,
+        choice: KeyChoice<'_>,
+    ) -> Capacity {
         let Some(p) = self.providers.get(provider) else {
             return Capacity::NoKey(format!("provider `{provider}` is not configured"));
         };
@@ -213,7 +272,18 @@ impl Limits {
         let mut soonest: Option<Duration> = None;
         let mut disabled = Vec::new();
         let mut wait = |d: Duration| soonest = Some(soonest.map_or(d, |s| s.min(d)));
-        for (i, k) in p.keys.iter().enumerate() {
+        let own = choice.tenant.and_then(|t| {
+            p.tenant_keys
+                .get(t)
+                .map(|k| (KeyId::Tenant(t.to_string()), k))
+        });
+        let shared = p
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|_| choice.shared)
+            .map(|(i, k)| (KeyId::Shared(i), k));
+        for (id, k) in own.into_iter().chain(shared) {
             let standing = k.standing.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(why) = standing.disabled {
                 disabled.push(format!("{}: {why}", k.label));
@@ -241,10 +311,12 @@ impl Limits {
                 wait(d);
                 break;
             }
+            let tenant_key = matches!(id, KeyId::Tenant(_));
             return Capacity::Ready(Permit {
-                key: i,
+                key: id,
                 secret: k.secret.clone(),
                 key_label: k.label.clone(),
+                tenant_key,
                 _slot: slot,
             });
         }
@@ -258,8 +330,8 @@ impl Limits {
     }
 
     /// A 429: the key rests for exactly `for_how_long`.
-    pub fn cool_down(&self, provider: &str, key: usize, for_how_long: Duration, now: Instant) {
-        if let Some(k) = self.providers.get(provider).and_then(|p| p.keys.get(key)) {
+    pub fn cool_down(&self, provider: &str, key: &KeyId, for_how_long: Duration, now: Instant) {
+        if let Some(k) = self.slot(provider, key) {
             let mut s = k.standing.lock().unwrap_or_else(|e| e.into_inner());
             let until = now + for_how_long;
             s.cooling_until = Some(s.cooling_until.map_or(until, |u| u.max(until)));
@@ -267,8 +339,8 @@ impl Limits {
     }
 
     /// A 401/403 (or 402): the key leaves rotation until restart.
-    pub fn disable(&self, provider: &str, key: usize, why: &str) {
-        if let Some(k) = self.providers.get(provider).and_then(|p| p.keys.get(key)) {
+    pub fn disable(&self, provider: &str, key: &KeyId, why: &str) {
+        if let Some(k) = self.slot(provider, key) {
             let mut s = k.standing.lock().unwrap_or_else(|e| e.into_inner());
             if s.disabled.is_none() {
                 tracing::error!(provider, key = %k.label, why, "API key taken out of rotation");
@@ -277,11 +349,19 @@ impl Limits {
         }
     }
 
+    fn slot(&self, provider: &str, key: &KeyId) -> Option<&KeySlot> {
+        let p = self.providers.get(provider)?;
+        match key {
+            KeyId::Shared(i) => p.keys.get(*i),
+            KeyId::Tenant(t) => p.tenant_keys.get(t),
+        }
+    }
+
     /// Every key's standing.
     pub fn report(&self, now: Instant) -> Vec<KeyReport> {
         let mut out = Vec::new();
         for (name, p) in &self.providers {
-            for k in &p.keys {
+            for k in p.keys.iter().chain(p.tenant_keys.values()) {
                 let s = k.standing.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let standing = match (s.disabled, s.cooling_until) {
                     (Some(why), _) => format!("disabled: {why}"),
@@ -303,7 +383,12 @@ impl Limits {
     pub fn secrets(&self) -> Vec<Secret> {
         self.providers
             .values()
-            .flat_map(|p| p.keys.iter().filter_map(|k| k.secret.clone()))
+            .flat_map(|p| {
+                p.keys
+                    .iter()
+                    .chain(p.tenant_keys.values())
+                    .filter_map(|k| k.secret.clone())
+            })
             .collect()
     }
 }
@@ -337,10 +422,18 @@ mod tests {
 
     fn granted(c: Capacity) -> Option<usize> {
         match c {
-            Capacity::Ready(p) => Some(p.key),
+            Capacity::Ready(Permit {
+                key: KeyId::Shared(i),
+                ..
+            }) => Some(i),
             _ => None,
         }
     }
+
+    const ANY: KeyChoice<'static> = KeyChoice {
+        tenant: None,
+        shared: true,
+    };
 
     #[test]
     fn burst_is_one_second_of_the_rate() {
@@ -354,9 +447,9 @@ mod tests {
     fn a_key_at_its_limit_hands_over_to_the_next() {
         let l = Limits::new([&provider(&[("A", Some(60)), ("B", Some(60))], None)]);
         let now = Instant::now();
-        assert_eq!(granted(l.try_acquire("p", 1, now)), Some(0));
-        assert_eq!(granted(l.try_acquire("p", 1, now)), Some(1));
-        match l.try_acquire("p", 1, now) {
+        assert_eq!(granted(l.try_acquire("p", 1, now, ANY)), Some(0));
+        assert_eq!(granted(l.try_acquire("p", 1, now, ANY)), Some(1));
+        match l.try_acquire("p", 1, now, ANY) {
             Capacity::Wait(d) => assert!(d <= Duration::from_secs(1), "{d:?}"),
             other => panic!("{other:?}"),
         }
@@ -366,19 +459,19 @@ mod tests {
     fn cooling_and_disabled_keys_are_skipped() {
         let l = Limits::new([&provider(&[("A", None), ("B", None)], None)]);
         let now = Instant::now();
-        l.cool_down("p", 0, Duration::from_secs(7), now);
-        assert_eq!(granted(l.try_acquire("p", 1, now)), Some(1));
-        l.disable("p", 1, "HTTP 401");
-        match l.try_acquire("p", 1, now) {
+        l.cool_down("p", &KeyId::Shared(0), Duration::from_secs(7), now);
+        assert_eq!(granted(l.try_acquire("p", 1, now, ANY)), Some(1));
+        l.disable("p", &KeyId::Shared(1), "HTTP 401");
+        match l.try_acquire("p", 1, now, ANY) {
             Capacity::Wait(d) => assert_eq!(d, Duration::from_secs(7)),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            granted(l.try_acquire("p", 1, now + Duration::from_secs(7))),
+            granted(l.try_acquire("p", 1, now + Duration::from_secs(7), ANY)),
             Some(0)
         );
-        l.disable("p", 0, "HTTP 403");
-        match l.try_acquire("p", 1, now + Duration::from_secs(8)) {
+        l.disable("p", &KeyId::Shared(0), "HTTP 403");
+        match l.try_acquire("p", 1, now + Duration::from_secs(8), ANY) {
             Capacity::NoKey(why) => {
                 assert!(
                     why.contains("env:A: HTTP 403") && why.contains("env:B: HTTP 401"),
@@ -391,13 +484,57 @@ mod tests {
     }
 
     #[test]
+    fn tenant_key_goes_first_and_shared_keys_only_when_allowed() {
+        let p = provider(&[("SHARED", None)], None);
+        let own = ProviderKey {
+            key_ref: KeyRef::Env("ACME_KEY".into()),
+            secret: Secret::new("acme-secret"),
+            rpm: Some(60),
+            tpm: None,
+        };
+        let l = Limits::new([&p]).with_tenant_keys([("acme", "p", &own)]);
+        let now = Instant::now();
+        let acme = KeyChoice {
+            tenant: Some("acme"),
+            shared: true,
+        };
+        match l.try_acquire("p", 1, now, acme) {
+            Capacity::Ready(p) => {
+                assert_eq!(p.key, KeyId::Tenant("acme".into()));
+                assert!(p.tenant_key);
+                assert_eq!(p.key_label, "env:ACME_KEY");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Own key at its limit (burst 1): falls back to the shared key.
+        assert_eq!(granted(l.try_acquire("p", 1, now, acme)), Some(0));
+        // Without shared fallback: it must wait for its own key.
+        let strict = KeyChoice {
+            tenant: Some("acme"),
+            shared: false,
+        };
+        assert!(matches!(
+            l.try_acquire("p", 1, now, strict),
+            Capacity::Wait(_)
+        ));
+        assert!(!l.has_key_for(
+            "p",
+            KeyChoice {
+                tenant: Some("other"),
+                shared: false
+            }
+        ));
+        assert!(l.has_key_for("p", strict));
+    }
+
+    #[test]
     fn share_scales_the_quota() {
         let l = Limits::new([&provider(&[("A", None)], Some(1200))]);
         l.set_share(0.25);
         let now = Instant::now();
         // 1200 × 0.25 = 300 rpm → burst of 5.
         let granted = (0..50)
-            .filter(|_| matches!(l.try_acquire("p", 1, now), Capacity::Ready(_)))
+            .filter(|_| matches!(l.try_acquire("p", 1, now, ANY), Capacity::Ready(_)))
             .count();
         assert_eq!(granted, 5);
     }

@@ -35,6 +35,8 @@ pub struct Needs {
     pub parameters: Vec<String>,
     /// Estimated prompt size, when known.
     pub prompt_tokens: Option<u64>,
+    /// The job's tenant's rules, when tenants are configured.
+    pub tenant: Option<crate::tenant::TenantRules>,
 }
 
 /// An endpoint in the plan, with why it stands where it does.
@@ -77,6 +79,9 @@ fn usd(p: u64) -> String {
 
 /// Why `endpoint` cannot serve under `prefs` and `needs`, if it cannot.
 pub fn exclusion_rule(endpoint: &Endpoint, prefs: &ProviderPrefs, needs: &Needs) -> Option<String> {
+    if let Some(rule) = needs.tenant.as_ref().and_then(|t| t.exclusion(endpoint)) {
+        return Some(rule);
+    }
     let p = &endpoint.provider;
     if !prefs.only.is_empty() && !prefs.only.contains(p) {
         return Some(format!("provider.only does not list {p}"));
@@ -618,6 +623,7 @@ mod tests {
         let needs = Needs {
             parameters: vec!["response_format".into()],
             prompt_tokens: Some(500),
+            tenant: None,
         };
         let prefs = ProviderPrefs {
             require_parameters: true,

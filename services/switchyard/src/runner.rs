@@ -152,7 +152,7 @@ pub async fn run(
     }
     let schemas = Arc::new(Schemas::load().map_err(|e| RunError::Setup(e.to_string()))?);
     let providers = Arc::new(
-        ProviderSet::new(pipeline.providers.values())
+        ProviderSet::new(pipeline.providers.values(), pipeline.tenants.as_ref())
             .map_err(|e| RunError::Setup(format!("HTTP client: {e}")))?,
     );
     let producer: FutureProducer = options.kafka.producer().create().map_err(|e| {
@@ -182,13 +182,14 @@ pub async fn run(
             }
         });
     }
+    let tenants = pipeline.tenants.clone().map(Arc::new);
     let mut workers = JoinSet::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
         if !options.stages.is_empty() && !options.stages.contains(&stage.name) {
             continue;
         }
         let next = pipeline.stages.get(i + 1).map(|s| s.name.clone());
-        let runner = StageRunner::new(stage.clone(), next, providers.clone())
+        let runner = StageRunner::new(stage.clone(), next, providers.clone(), tenants.clone())
             .map_err(|e| RunError::Setup(e.to_string()))?;
         let shared = Arc::new(StageShared {
             pipeline: pipeline.clone(),

@@ -17,11 +17,12 @@ use crate::envelope::{
     validation_errors,
 };
 use crate::gate::{self, Verdict};
-use crate::limit::{Capacity, Permit};
+use crate::limit::{Capacity, KeyChoice, Permit};
 use crate::money::MicroUsd;
 use crate::prompt::Prompts;
 use crate::provider::{ChatRequest, Completion, Message, ProviderError, ProviderSet, Role, Usage};
 use crate::route::Needs;
+use crate::tenant::Tenant;
 
 /// What a stage decided for a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,7 @@ pub struct StageRunner {
     validator: Validator,
     schema_text: String,
     providers: Arc<ProviderSet>,
+    tenants: Option<Arc<std::collections::BTreeMap<String, Tenant>>>,
 }
 
 /// Errors building a stage runner (caught by `Pipeline::load` already; kept for safety).
@@ -98,6 +100,7 @@ impl StageRunner {
         stage: Stage,
         next: Option<String>,
         providers: Arc<ProviderSet>,
+        tenants: Option<Arc<std::collections::BTreeMap<String, Tenant>>>,
     ) -> Result<Self, StageError> {
         let prompts =
             Prompts::new(stage.system_prompt.as_deref(), &stage.prompt).map_err(|source| {
@@ -121,12 +124,33 @@ impl StageRunner {
             validator,
             schema_text,
             providers,
+            tenants,
         })
     }
 
     /// Runs one job. `history` is the escalation trail so far (empty at the first stage).
     pub async fn run(&self, job: &Intake, history: &[EscalationStep]) -> StageRun {
         let mut run = Attempts::new(job, &self.stage.name);
+        let tenant = match &self.tenants {
+            None => None,
+            Some(map) => match map.get(&job.tenant) {
+                Some(t) => Some(t),
+                None => {
+                    return run.finish(Outcome::DeadLetter {
+                        reason: DeadLetterReason::UnknownTenant,
+                        detail: format!(
+                            "tenant `{}` is not in the pipeline's tenants file; add it (allowed models, budgets, keys) and replay the job",
+                            job.tenant
+                        ),
+                    });
+                }
+            },
+        };
+        run.tenant = tenant.map(|t| t.name.clone());
+        let choice = KeyChoice {
+            tenant: tenant.map(|t| t.name.as_str()),
+            shared: tenant.is_none_or(|t| t.shared_keys),
+        };
         let rendered = match self.prompts.render(job, history, &self.schema_text) {
             Ok(r) => r,
             Err(e) => {
@@ -153,22 +177,49 @@ impl StageRunner {
 
         let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
         let schema_tokens = self.schema_text.len() / 4;
+        let prompt_tokens = (prompt_chars / 4 + schema_tokens) as u64;
         let needs = Needs {
             parameters: self.parameters(),
-            prompt_tokens: Some((prompt_chars / 4 + schema_tokens) as u64),
+            prompt_tokens: Some(prompt_tokens),
+            tenant: tenant.map(Tenant::rules),
         };
         let seed = llm_sim::fnv1a(job.job_id.as_bytes());
-        let tokens = (prompt_chars / 4) as u32 + self.stage.route.max_tokens.unwrap_or(256);
+        let max_tokens = self.stage.route.max_tokens.unwrap_or(256);
+        let tokens = (prompt_chars / 4) as u32 + max_tokens;
 
-        let mut outcome = self
-            .attempt_models(
+        // Budgets are checked before any call, against the most the first candidate could cost.
+        if let Some(t) = tenant.filter(|t| t.daily.is_some() || t.monthly.is_some()) {
+            let now = Instant::now();
+            let health = |e: &Endpoint| self.providers.health.view(&e.provider, &e.model, now);
+            let plan = crate::route::plan(
                 &self.stage.models,
-                &messages,
+                &self.stage.route.provider,
                 &needs,
-                seed,
-                tokens,
-                &mut run,
-            )
+                &health,
+                Some(seed),
+            );
+            if let Some(first) = plan.candidates.first() {
+                let estimate =
+                    crate::tenant::estimate(first.endpoint, prompt_tokens, u64::from(max_tokens));
+                let spent = self.providers.spend.get(&t.name, crate::envelope::now());
+                if let Some(why) = crate::tenant::over_budget(t, spent, estimate) {
+                    return run.finish(Outcome::DeadLetter {
+                        reason: DeadLetterReason::BudgetExceeded,
+                        detail: why,
+                    });
+                }
+            }
+        }
+
+        let request = JobRequest {
+            messages: &messages,
+            needs: &needs,
+            seed,
+            tokens,
+            choice,
+        };
+        let mut outcome = self
+            .attempt_models(&self.stage.models, &request, &mut run)
             .await;
         if let Attempted::ContentRefused(why) = &outcome {
             if self.stage.content_fallback.is_empty() {
@@ -178,14 +229,7 @@ impl StageRunner {
                 });
             }
             outcome = self
-                .attempt_models(
-                    &self.stage.content_fallback,
-                    &messages,
-                    &needs,
-                    seed,
-                    tokens,
-                    &mut run,
-                )
+                .attempt_models(&self.stage.content_fallback, &request, &mut run)
                 .await;
         }
         match outcome {
@@ -217,15 +261,21 @@ impl StageRunner {
     }
 
     /// Waits for capacity at `endpoint` up to the route's max_wait.
-    async fn capacity(&self, endpoint: &Endpoint, tokens: u32) -> Result<Permit, Duration> {
+    async fn capacity(
+        &self,
+        endpoint: &Endpoint,
+        tokens: u32,
+        choice: KeyChoice<'_>,
+    ) -> Result<Permit, Duration> {
         let max_wait = self.stage.route.max_wait;
         let mut waited = Duration::ZERO;
         loop {
-            match self
-                .providers
-                .limits
-                .try_acquire(&endpoint.provider, tokens, Instant::now())
-            {
+            match self.providers.limits.try_acquire(
+                &endpoint.provider,
+                tokens,
+                Instant::now(),
+                choice,
+            ) {
                 Capacity::Ready(p) => return Ok(p),
                 Capacity::Wait(d) if waited + d <= max_wait => {
                     tokio::time::sleep(d).await;
@@ -241,12 +291,16 @@ impl StageRunner {
     async fn attempt_models(
         &self,
         models: &[RouteModel],
-        messages: &[Message],
-        needs: &Needs,
-        seed: u64,
-        tokens: u32,
+        request: &JobRequest<'_>,
         run: &mut Attempts,
     ) -> Attempted {
+        let JobRequest {
+            messages,
+            needs,
+            seed,
+            tokens,
+            choice,
+        } = *request;
         // Across rounds: endpoints already called (one call per candidate), and what failures
         // taught us. A round ends with a wait only when some candidate lacked rate-limit capacity.
         let mut called: Vec<(String, String)> = Vec::new();
@@ -297,7 +351,7 @@ impl StageRunner {
                     notes.push(format!("{} skipped: circuit breaker open", endpoint.id()));
                     continue;
                 }
-                let permit = match self.capacity(endpoint, tokens).await {
+                let permit = match self.capacity(endpoint, tokens, choice).await {
                     Ok(p) => p,
                     Err(wait) => {
                         if wait != Duration::MAX {
@@ -327,7 +381,7 @@ impl StageRunner {
                             let rest = e.retry_after.unwrap_or(Duration::from_secs(1));
                             self.providers.limits.cool_down(
                                 &endpoint.provider,
-                                key,
+                                &key,
                                 rest,
                                 Instant::now(),
                             );
@@ -335,7 +389,9 @@ impl StageRunner {
                         }
                         AttemptClass::Auth | AttemptClass::OutOfCredit => {
                             let why = format!("HTTP {}", e.status.unwrap_or(0));
-                            self.providers.limits.disable(&endpoint.provider, key, &why);
+                            self.providers
+                                .limits
+                                .disable(&endpoint.provider, &key, &why);
                             // The same endpoint again: another key may serve it.
                             i -= 1;
                             continue;
@@ -376,7 +432,7 @@ impl StageRunner {
                     role: Role::User,
                     content: repair_prompt(&errors),
                 });
-                let Ok(permit) = self.capacity(endpoint, tokens).await else {
+                let Ok(permit) = self.capacity(endpoint, tokens, choice).await else {
                     continue;
                 };
                 match self.call(endpoint, &repair, true, permit, run).await {
@@ -405,6 +461,7 @@ impl StageRunner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         endpoint: &Endpoint,
@@ -412,7 +469,7 @@ impl StageRunner {
         repair: bool,
         permit: Permit,
         run: &mut Attempts,
-    ) -> Result<Completion, (ProviderError, usize)> {
+    ) -> Result<Completion, (ProviderError, crate::limit::KeyId)> {
         let request = ChatRequest {
             model: endpoint.model_id.clone(),
             messages: messages.to_vec(),
@@ -451,6 +508,12 @@ impl StageRunner {
                 (e.status, e.class, Some(e.message.clone()), e.usage)
             }
         };
+        let key_label = (permit.secret.is_some()).then(|| permit.key_label.clone());
+        if let Some(t) = &run.tenant {
+            self.providers
+                .spend
+                .add(t, cost(endpoint, usage), crate::envelope::now());
+        }
         run.push(
             endpoint,
             status,
@@ -459,8 +522,10 @@ impl StageRunner {
             elapsed.as_millis() as u64,
             usage,
             repair,
+            key_label,
+            permit.tenant_key,
         );
-        let key = permit.key;
+        let key = permit.key.clone();
         drop(permit);
         result.map_err(|e| (e, key))
     }
@@ -526,6 +591,16 @@ impl StageRunner {
     }
 }
 
+/// What every attempt of one job in one stage shares.
+#[derive(Clone, Copy)]
+struct JobRequest<'a> {
+    messages: &'a [Message],
+    needs: &'a Needs,
+    seed: u64,
+    tokens: u32,
+    choice: KeyChoice<'a>,
+}
+
 /// How trying a list of models ended.
 enum Attempted {
     /// With a decision.
@@ -541,6 +616,7 @@ struct Attempts {
     prefix: String,
     stage: String,
     list: Vec<Attempt>,
+    tenant: Option<String>,
 }
 
 impl Attempts {
@@ -549,6 +625,7 @@ impl Attempts {
             prefix: format!("{}/{}", job.job_id, stage),
             stage: stage.to_string(),
             list: Vec::new(),
+            tenant: None,
         }
     }
 
@@ -562,6 +639,8 @@ impl Attempts {
         latency_ms: u64,
         usage: Usage,
         repair: bool,
+        key: Option<String>,
+        tenant_key: bool,
     ) {
         self.list.push(Attempt {
             attempt_id: format!("{}/{}", self.prefix, self.list.len() + 1),
@@ -576,6 +655,11 @@ impl Attempts {
             completion_tokens: usage.completion_tokens,
             cost_micro_usd: cost(endpoint, usage),
             repair,
+            key,
+            tenant_key,
+            cached_tokens: usage.cached_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            provider_cost_micro_usd: usage.reported_cost,
         });
     }
 
@@ -700,6 +784,7 @@ mod tests {
             completion_tokens: 100,
             cached_tokens: 400,
             reasoning_tokens: 0,
+            reported_cost: None,
         };
         // 600 × $1/M + 400 × $0.25/M + 100 × $4/M = 600 + 100 + 400 µ$.
         assert_eq!(cost(&e, u), MicroUsd(1100));

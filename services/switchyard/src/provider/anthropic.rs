@@ -149,6 +149,7 @@ impl Anthropic {
             completion_tokens: n("/usage/output_tokens"),
             cached_tokens: cached,
             reasoning_tokens: 0,
+            reported_cost: None,
         };
         match body.get("stop_reason").and_then(Value::as_str) {
             Some("refusal") => {

@@ -66,6 +66,8 @@ pub struct Usage {
     pub cached_tokens: u64,
     /// Reasoning tokens.
     pub reasoning_tokens: u64,
+    /// The cost the provider reported (OpenRouter's `usage.cost`), in micro-dollars.
+    pub reported_cost: Option<crate::money::MicroUsd>,
 }
 
 /// A usable answer.
@@ -335,12 +337,15 @@ pub struct ProviderSet {
     pub limits: crate::limit::Limits,
     /// Endpoint health and breakers.
     pub health: crate::health::Health,
+    /// Spend per tenant, for budgets.
+    pub spend: crate::tenant::Spend,
 }
 
 impl ProviderSet {
-    /// Adapters, limits and health tracking for `providers`.
+    /// Adapters, limits and health tracking for `providers`, with tenants' own keys.
     pub fn new<'a>(
         providers: impl IntoIterator<Item = &'a Provider> + Clone,
+        tenants: Option<&'a std::collections::BTreeMap<String, crate::tenant::Tenant>>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
@@ -353,8 +358,15 @@ impl ProviderSet {
             .collect();
         Ok(Self {
             adapters,
-            limits: crate::limit::Limits::new(providers),
+            limits: crate::limit::Limits::new(providers).with_tenant_keys(
+                tenants.into_iter().flat_map(|m| m.values()).flat_map(|t| {
+                    t.keys
+                        .iter()
+                        .map(move |(p, k)| (t.name.as_str(), p.as_str(), k))
+                }),
+            ),
             health: crate::health::Health::new(crate::health::BreakerConfig::default()),
+            spend: crate::tenant::Spend::default(),
         })
     }
 

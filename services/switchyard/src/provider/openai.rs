@@ -201,6 +201,11 @@ fn usage(body: &Value) -> Usage {
         completion_tokens: n("/usage/completion_tokens"),
         cached_tokens: n("/usage/prompt_tokens_details/cached_tokens"),
         reasoning_tokens: n("/usage/completion_tokens_details/reasoning_tokens"),
+        reported_cost: body
+            .pointer("/usage/cost")
+            .and_then(Value::as_f64)
+            .filter(|c| c.is_finite() && *c >= 0.0)
+            .map(|c| crate::money::MicroUsd((c * 1e6).round() as u64)),
     }
 }
 
@@ -257,13 +262,18 @@ mod tests {
             "completion_tokens_details": {"reasoning_tokens": 2}}}),
         );
         assert_eq!(
-            u,
-            Usage {
-                prompt_tokens: 10,
-                completion_tokens: 5,
-                cached_tokens: 4,
-                reasoning_tokens: 2
-            }
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (10, 5, 4, 2)
         );
+        assert_eq!(u.reported_cost, None);
+        let u = usage(
+            &json!({"usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": 0.000123}}),
+        );
+        assert_eq!(u.reported_cost, Some(crate::money::MicroUsd(123)));
     }
 }
