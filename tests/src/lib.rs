@@ -57,6 +57,8 @@ pub struct Harness {
     pub kafka: KafkaSettings,
     /// The pipeline, providers pointed at the simulator.
     pub pipeline: Pipeline,
+    /// Where the in-process ledger sink writes (none: no sink).
+    pub ledger: Option<Arc<dyn switchyard::ledger::LedgerStore>>,
     running: Option<(
         CancellationToken,
         JoinHandle<Result<(), switchyard::runner::RunError>>,
@@ -81,6 +83,7 @@ impl Harness {
             sim,
             kafka,
             pipeline,
+            ledger: None,
             running: None,
         }
     }
@@ -94,6 +97,8 @@ impl Harness {
             stages: Vec::new(),
             group_prefix: "e2e".into(),
             readiness: readiness.clone(),
+            ledger: self.ledger.clone(),
+            spend_seed: Vec::new(),
         };
         let handle = tokio::spawn(run(
             Arc::new(self.pipeline.clone()),

@@ -39,6 +39,10 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Check a pipeline's config, prompts and schemas; errors name file and line.
     Validate(ValidateArgs),
+    /// Store the ledger topic in PostgreSQL (also part of `run` when DATABASE_URL is set).
+    LedgerSink(LedgerSinkArgs),
+    /// Calls, tokens, cost, escalations and failures from the ledger, grouped as asked.
+    Usage(UsageArgs),
     /// List the catalog's models and endpoints.
     Models(ModelsArgs),
     /// Explain a stage's route: ordered candidates, and why each left-out endpoint is out.
@@ -146,6 +150,9 @@ pub struct DemoArgs {
     /// Play a fault scenario.
     #[arg(long, value_enum)]
     pub scenario: Option<crate::demo::Scenario>,
+    /// PostgreSQL for the ledger; the demo keeps it in memory without one.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 /// `switchyard dev-broker`.
@@ -183,6 +190,60 @@ pub struct RunArgs {
     /// Extra librdkafka property, `key=value` (repeatable), e.g. `-X security.protocol=SASL_SSL`.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
+    /// PostgreSQL for the ledger; with it, this process also runs the ledger sink.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Do not run the ledger sink here (another process does).
+    #[arg(long)]
+    pub no_ledger_sink: bool,
+}
+
+/// `switchyard ledger-sink`.
+#[derive(Debug, clap::Args)]
+pub struct LedgerSinkArgs {
+    /// Pipeline folder (for its ledger topic).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    pub brokers: String,
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Consumer group.
+    #[arg(long, default_value = "switchyard")]
+    pub group_prefix: String,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+}
+
+/// Output format of `switchyard usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON object.
+    Json,
+    /// CSV rows.
+    Csv,
+}
+
+/// `switchyard usage`.
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Only the last DURATION (e.g. 24h, 7days).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Group by these (comma-separated): tenant, pipeline, stage, model, provider, day.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub by: Vec<crate::ledger::GroupBy>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: UsageFormat,
 }
 
 /// `switchyard produce`.
@@ -224,6 +285,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => produce(a).await,
         Command::Validate(a) => validate(&a.pipeline),
         Command::Models(a) => models(a),
+        Command::LedgerSink(a) => ledger_sink(a).await,
+        Command::Usage(a) => usage(a).await,
         Command::Route {
             command: RouteCommand::Explain(a),
         } => explain(a),
@@ -264,6 +327,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         idle_timeout: a.idle_timeout,
         progress,
         scenario: a.scenario,
+        database_url: a.database_url.clone(),
     })
     .await?;
     if a.json {
@@ -329,11 +393,47 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let shutdown = shutdown_signal();
     tracing::info!(pipeline = %pipeline.name, brokers = %a.brokers, "starting");
+    let (ledger, spend_seed) = match (&a.database_url, a.no_ledger_sink) {
+        (Some(url), no_sink) => {
+            let pg = Arc::new(crate::ledger::PgLedger::new(url)?);
+            // Budgets start from what the ledger already holds; a database that is down now is
+            // waited for by the sink, and budgets then start from zero (logged).
+            let seed = match tokio::time::timeout(
+                Duration::from_secs(5),
+                pg.spend(crate::envelope::now()),
+            )
+            .await
+            {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read spend from the ledger; budgets start from zero");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "ledger database did not answer in 5 s; budgets start from zero"
+                    );
+                    Vec::new()
+                }
+            };
+            let store: Option<Arc<dyn crate::ledger::LedgerStore>> =
+                if no_sink { None } else { Some(pg) };
+            (store, seed)
+        }
+        (None, _) => {
+            tracing::warn!(
+                "no DATABASE_URL: ledger records go to the ledger topic only (run `switchyard ledger-sink` to store them)"
+            );
+            (None, Vec::new())
+        }
+    };
     let options = RunOptions {
         kafka,
         stages: a.stages,
         group_prefix: a.group_prefix,
         readiness: Arc::default(),
+        ledger,
+        spend_seed,
     };
     run(pipeline, options, shutdown).await?;
     tracing::info!("stopped cleanly");
@@ -391,6 +491,44 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             s.input_topic,
             models.join(" → ")
         );
+    }
+    Ok(())
+}
+
+async fn ledger_sink(a: LedgerSinkArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("info");
+    let pipeline = load(&a.pipeline)?;
+    let kafka = KafkaSettings::new(&a.brokers)
+        .with_options(&a.kafka_options)
+        .map_err(anyhow::Error::msg)?;
+    let store = crate::ledger::PgLedger::new(&a.database_url)?;
+    let group = format!("{}.{}.ledger-sink", a.group_prefix, pipeline.name);
+    crate::ledger::run_sink(
+        &kafka,
+        &group,
+        &pipeline.topics.ledger,
+        &store,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+}
+
+async fn usage(a: UsageArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let store = crate::ledger::PgLedger::new(&a.database_url)?;
+    let since = match a.since {
+        Some(d) => Some(
+            crate::envelope::now()
+                - time::Duration::try_from(d).map_err(|e| anyhow!("--since: {e}"))?,
+        ),
+        None => None,
+    };
+    let report = crate::ledger::usage(&store, since, &a.by).await?;
+    match a.format {
+        UsageFormat::Table => print!("{}", crate::ledger::usage_table(&report)),
+        UsageFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        UsageFormat::Csv => print!("{}", crate::ledger::usage_csv(&report, &a.by)),
     }
     Ok(())
 }

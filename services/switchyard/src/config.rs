@@ -173,6 +173,8 @@ pub struct TopicOverrides {
     pub results: Option<String>,
     /// Where unfinishable jobs go (`<pipeline>.dlq`).
     pub dlq: Option<String>,
+    /// Where ledger records go (`<pipeline>.ledger`).
+    pub ledger: Option<String>,
 }
 
 /// Limits on work in flight, per stage worker.
@@ -726,6 +728,8 @@ pub struct Topics {
     pub results: String,
     /// Dead letters.
     pub dlq: String,
+    /// Ledger records.
+    pub ledger: String,
 }
 
 /// A stage, resolved: templates read, schema parsed, endpoints listed.
@@ -795,6 +799,7 @@ impl Pipeline {
             self.topics.intake.clone(),
             self.topics.results.clone(),
             self.topics.dlq.clone(),
+            self.topics.ledger.clone(),
         ];
         for s in &self.stages {
             if !t.contains(&s.input_topic) {
@@ -867,6 +872,11 @@ impl Pipeline {
                 .dlq
                 .clone()
                 .unwrap_or_else(|| format!("{name}.dlq")),
+            ledger: file
+                .topics
+                .ledger
+                .clone()
+                .unwrap_or_else(|| format!("{name}.ledger")),
         };
         let escalate = file
             .topics
@@ -1052,6 +1062,7 @@ impl Pipeline {
             let mut seen_topics: Vec<(&str, String)> = vec![
                 (topics.results.as_str(), "results".to_string()),
                 (topics.dlq.as_str(), "dead letters".to_string()),
+                (topics.ledger.as_str(), "ledger".to_string()),
             ];
             for st in &stages {
                 seen_topics.push((

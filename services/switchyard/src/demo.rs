@@ -44,6 +44,8 @@ pub struct DemoOptions {
     pub progress: bool,
     /// A fault scenario to play.
     pub scenario: Option<Scenario>,
+    /// PostgreSQL for the ledger (in memory when absent).
+    pub database_url: Option<String>,
 }
 
 /// Fault scenarios for the demo.
@@ -329,6 +331,10 @@ pub struct Summary {
     /// Calls per second as a share of what the configured per-key limits allow (rate-limit
     /// scenario only).
     pub limit_utilization: Option<f64>,
+    /// Attempts in the ledger store after the run (in memory, or PostgreSQL with DATABASE_URL).
+    pub ledger_calls: u64,
+    /// Their cost.
+    pub ledger_cost_micro_usd: u64,
 }
 
 /// One provider's attempts.
@@ -434,6 +440,14 @@ impl Summary {
             ),
         );
         row(
+            "ledger",
+            format!(
+                "{} attempts, {}",
+                self.ledger_calls,
+                MicroUsd(self.ledger_cost_micro_usd)
+            ),
+        );
+        row(
             "job latency p50 / p95",
             format!("{} ms / {} ms", self.p50_ms, self.p95_ms),
         );
@@ -491,6 +505,11 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
     }
     let kafka = KafkaSettings::new(broker.bootstrap());
     let pipeline = Arc::new(pipeline);
+    // The ledger: PostgreSQL when a database is given, else in memory.
+    let ledger: Arc<dyn crate::ledger::LedgerStore> = match &options.database_url {
+        Some(url) => Arc::new(crate::ledger::PgLedger::new(url)?),
+        None => Arc::new(crate::ledger::MemoryLedger::default()),
+    };
 
     let shutdown = CancellationToken::new();
     let run_options = RunOptions {
@@ -498,6 +517,8 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
         stages: Vec::new(),
         group_prefix: "switchyard-demo".into(),
         readiness: Arc::new(Readiness::default()),
+        ledger: Some(ledger.clone()),
+        spend_seed: Vec::new(),
     };
     let readiness = run_options.readiness.clone();
     let runner = tokio::spawn(run(pipeline.clone(), run_options, shutdown.clone()));
@@ -576,6 +597,16 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
     bar.finish_and_clear();
     let elapsed = last_finish.duration_since(started);
 
+    // Let the ledger sink catch up before stopping, so the ledger matches what was read back.
+    let expected_calls = tally.summary(&pipeline.name, &expected, elapsed).calls as u64;
+    let ledger_deadline = Instant::now() + Duration::from_secs(30);
+    let (ledger_calls, ledger_cost) = loop {
+        let totals = ledger.totals().await.unwrap_or((0, 0));
+        if totals.0 >= expected_calls || Instant::now() >= ledger_deadline {
+            break totals;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     shutdown.cancel();
     match runner.await {
         Ok(Ok(())) => {}
@@ -588,6 +619,8 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
     drop(broker);
     let mut summary = tally.summary(&pipeline.name, &expected, elapsed);
     summary.scenario = options.scenario.map(|s| s.name().to_string());
+    summary.ledger_calls = ledger_calls;
+    summary.ledger_cost_micro_usd = ledger_cost;
     summary.sim_429s_sent = stats.sent_429;
     summary.sim_requests = stats.requests;
     summary.sim_keys = stats

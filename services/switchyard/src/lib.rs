@@ -16,6 +16,7 @@ pub mod gate;
 pub mod health;
 pub mod intake;
 pub mod kafka;
+pub mod ledger;
 pub mod limit;
 pub mod money;
 pub mod output;

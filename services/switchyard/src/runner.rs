@@ -97,7 +97,7 @@ impl Readiness {
 }
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Kafka connection.
     pub kafka: KafkaSettings,
@@ -107,6 +107,10 @@ pub struct RunOptions {
     pub group_prefix: String,
     /// Updated as stages get and lose partitions.
     pub readiness: Arc<Readiness>,
+    /// Where the ledger sink writes; none runs without one.
+    pub ledger: Option<Arc<dyn crate::ledger::LedgerStore>>,
+    /// Spend so far per tenant (tenant, today, this month, micro-dollars), to seed budgets.
+    pub spend_seed: Vec<(String, u64, u64)>,
 }
 
 /// Why a pipeline could not run.
@@ -182,8 +186,27 @@ pub async fn run(
             }
         });
     }
-    let tenants = pipeline.tenants.clone().map(Arc::new);
     let mut workers = JoinSet::new();
+    let now = crate::envelope::now();
+    for (tenant, today, month) in &options.spend_seed {
+        let spent = crate::tenant::SpentSoFar {
+            today: crate::money::MicroUsd(*today),
+            this_month: crate::money::MicroUsd(*month),
+        };
+        providers.spend.seed(tenant, spent, now);
+    }
+    if let Some(store) = options.ledger.clone() {
+        let kafka = options.kafka.clone();
+        let group = format!("{}.{}.ledger-sink", options.group_prefix, pipeline.name);
+        let topic = pipeline.topics.ledger.clone();
+        let token = shutdown.clone();
+        workers.spawn(async move {
+            crate::ledger::run_sink(&kafka, &group, &topic, store.as_ref(), token)
+                .await
+                .map_err(crate::intake::WorkerError::Setup)
+        });
+    }
+    let tenants = pipeline.tenants.clone().map(Arc::new);
     for (i, stage) in pipeline.stages.iter().enumerate() {
         if !options.stages.is_empty() && !options.stages.contains(&stage.name) {
             continue;

@@ -64,6 +64,9 @@ pub enum WorkerError {
         /// Why.
         source: KafkaError,
     },
+    /// Another part of the worker could not start.
+    #[error("{0}")]
+    Setup(String),
 }
 
 type Tracker = Arc<Mutex<Watermarks>>;
@@ -389,10 +392,20 @@ struct JobTask {
 impl JobTask {
     async fn run(self, ticket: Ticket, received: Received) {
         let envelopes = process(&self.shared, &received).await;
-        for env in &envelopes {
-            match self.shared.output.publish(env, &self.abandon).await {
+        // Output and ledger records go out together; the offset moves only when all are acked.
+        let sends = envelopes
+            .iter()
+            .map(|env| self.shared.output.publish(env, &self.abandon));
+        let results = futures::future::join_all(sends).await;
+        for (env, result) in envelopes.iter().zip(results) {
+            match result {
                 Ok(()) => {}
                 Err(PublishError::ShuttingDown { .. }) => return,
+                Err(e @ PublishError::Refused { .. })
+                    if env.topic == self.shared.pipeline.topics.ledger =>
+                {
+                    tracing::error!(error = %e, job_id = ?env.headers.first(), "the broker refused a ledger record; the job's output was published, this attempt is missing from the ledger");
+                }
                 Err(e @ PublishError::Refused { .. }) => {
                     // The broker will never take this output: dead-letter the job instead.
                     let dl = refused_dead_letter(&self.shared, &received, &e);
@@ -433,6 +446,112 @@ impl JobTask {
 /// Turns one input message into the envelope(s) to publish. Never fails: anything that cannot
 /// be done becomes a dead letter with the reason.
 pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope> {
+    let (mut outputs, attempts, job) = outputs(shared, received).await;
+    let ledger = ledger_records(shared, received, &outputs, attempts, job.as_ref());
+    outputs.extend(ledger);
+    outputs
+}
+
+/// The ledger records for one processed message: this stage's attempts, and the job's final
+/// outcome when this message ended it (read back from the result or dead letter built).
+fn ledger_records(
+    shared: &StageShared,
+    received: &Received,
+    outputs: &[Envelope],
+    attempts: Vec<crate::envelope::Attempt>,
+    job: Option<&Intake>,
+) -> Vec<Envelope> {
+    use crate::ledger::{LedgerAttempt, LedgerJob, LedgerRecord};
+    let pipeline = &shared.pipeline;
+    let at = now();
+    let (job_id, tenant) = match job {
+        Some(j) => (j.job_id.clone(), j.tenant.clone()),
+        None => (
+            job_id_hint(&received.payload).unwrap_or_else(|| {
+                format!(
+                    "{}/{}/{}",
+                    received.source.topic, received.source.partition, received.source.offset
+                )
+            }),
+            String::new(),
+        ),
+    };
+    let mut records: Vec<LedgerRecord> = attempts
+        .into_iter()
+        .map(|attempt| {
+            LedgerRecord::Attempt(LedgerAttempt {
+                job_id: job_id.clone(),
+                tenant: tenant.clone(),
+                pipeline: pipeline.name.clone(),
+                at,
+                attempt,
+            })
+        })
+        .collect();
+    let reasons = |steps: &[EscalationStep]| -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| {
+                serde_json::to_value(s.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+            })
+            .collect()
+    };
+    for out in outputs {
+        let record = if out.topic == pipeline.topics.results {
+            serde_json::from_slice::<JobResult>(&out.payload)
+                .ok()
+                .map(|r| LedgerJob {
+                    job_id: r.job_id,
+                    tenant: r.tenant,
+                    pipeline: r.pipeline,
+                    outcome: "result".into(),
+                    stage: r.stage,
+                    reason: None,
+                    escalated: !r.escalations.is_empty(),
+                    escalation_reasons: reasons(&r.escalations),
+                    needs_review: r.needs_review,
+                    cost_micro_usd: r.cost_micro_usd.0,
+                    latency_ms: Some(r.latency_ms),
+                    at,
+                })
+        } else if out.topic == pipeline.topics.dlq {
+            serde_json::from_slice::<DeadLetter>(&out.payload)
+                .ok()
+                .map(|d| LedgerJob {
+                    job_id: d.job_id.unwrap_or_else(|| job_id.clone()),
+                    tenant: d.tenant.unwrap_or_default(),
+                    pipeline: d.pipeline,
+                    outcome: "dead_letter".into(),
+                    stage: d.stage,
+                    reason: Some(d.reason.as_str().to_string()),
+                    escalated: !d.escalations.is_empty(),
+                    escalation_reasons: reasons(&d.escalations),
+                    needs_review: false,
+                    cost_micro_usd: d.attempts.iter().map(|a| a.cost_micro_usd.0).sum(),
+                    latency_ms: None,
+                    at,
+                })
+        } else {
+            None
+        };
+        records.extend(record.map(LedgerRecord::Job));
+    }
+    records
+        .iter()
+        .map(|r| Envelope {
+            topic: pipeline.topics.ledger.clone(),
+            key: job_id.clone(),
+            payload: serde_json::to_vec(r).unwrap_or_default(),
+            headers: vec![("switchyard.job_id", job_id.clone())],
+        })
+        .collect()
+}
+
+type Outputs = (Vec<Envelope>, Vec<crate::envelope::Attempt>, Option<Intake>);
+
+async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
     let stage = &shared.runner.stage;
     let pipeline = &shared.pipeline;
     let (job, history, prior) = match read_input(shared, &received.payload) {
@@ -456,11 +575,16 @@ pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope>
                 replayable: false,
                 failed_at: now(),
             };
-            return vec![dead_letter_envelope(shared, &dl, received)];
+            return (
+                vec![dead_letter_envelope(shared, &dl, received)],
+                Vec::new(),
+                None,
+            );
         }
     };
     let span = tracing::debug_span!("job", job_id = %job.job_id, stage = %stage.name);
     let run = shared.runner.run(&job, &history).instrument(span).await;
+    let this_stage = run.attempts.clone();
     let mut attempts = prior;
     attempts.extend(run.attempts);
     let key = received
@@ -468,7 +592,7 @@ pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope>
         .key
         .clone()
         .unwrap_or_else(|| job.job_id.clone());
-    match run.outcome {
+    let outs = match run.outcome {
         Outcome::Accept {
             output,
             confidence,
@@ -516,13 +640,18 @@ pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope>
                     DeadLetterReason::OutputRejected,
                     format!("escalation target stage `{to}` does not exist"),
                 );
-                return vec![dead_letter_envelope(shared, &dl, received)];
+                return (
+                    vec![dead_letter_envelope(shared, &dl, received)],
+                    this_stage,
+                    Some(job),
+                );
             };
             let mut escalations = history;
             escalations.push(step);
             let reason = escalations
                 .last()
-                .map(|s| format!("{:?}", s.reason))
+                .and_then(|s| serde_json::to_value(s.reason).ok())
+                .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
             let esc = Escalation {
                 job: job.clone(),
@@ -544,7 +673,8 @@ pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope>
             let dl = job_dead_letter(shared, received, &job, history, attempts, reason, detail);
             vec![dead_letter_envelope(shared, &dl, received)]
         }
-    }
+    };
+    (outs, this_stage, Some(job))
 }
 
 type Input = (Intake, Vec<EscalationStep>, Vec<crate::envelope::Attempt>);
