@@ -249,3 +249,152 @@ pub fn spawn_run(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::proc
         .spawn()
         .unwrap()
 }
+
+/// A throwaway PostgreSQL server started from the system's binaries in a temporary folder.
+/// As root (CI), the server runs as the `postgres` user, since initdb refuses root.
+pub struct Postgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return dir;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect(
+        "PostgreSQL server binaries not found (install Debian's `postgresql`; .ci/run does)",
+    )
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Postgres {
+    fn command(&self, tool: &str) -> std::process::Command {
+        pg_command(&self.bin, tool)
+    }
+
+    /// Creates a cluster and starts it on a free port.
+    pub fn start() -> Postgres {
+        let bin = pg_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if is_root() {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let out = pg_command(&bin, "initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+            port,
+            _dir: dir,
+        };
+        pg.up();
+        pg
+    }
+
+    /// Starts the server (again).
+    pub fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.data.display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .args(["-w", "-t", "30", "-l"])
+            .arg(self.data.join("server.log"))
+            .arg("-o")
+            .arg(opts)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server (fast shutdown).
+    pub fn down(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-w", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .output();
+    }
+}
+
+fn pg_command(bin: &Path, tool: &str) -> std::process::Command {
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        std::process::Command::new(bin.join(tool))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
