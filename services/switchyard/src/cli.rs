@@ -526,7 +526,7 @@ async fn usage(a: UsageArgs) -> anyhow::Result<()> {
     };
     let report = crate::ledger::usage(&store, since, &a.by).await?;
     match a.format {
-        UsageFormat::Table => print!("{}", crate::ledger::usage_table(&report)),
+        UsageFormat::Table => print!("{}", crate::ledger::usage_table(&report, &a.by)),
         UsageFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         UsageFormat::Csv => print!("{}", crate::ledger::usage_csv(&report, &a.by)),
     }

@@ -1379,6 +1379,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_tenants_file_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/tenants.example.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let t: TenantsFile = parse_yaml(&path, &text).unwrap();
+        assert_eq!(t.tenants["acme"].budget.daily_usd, Some(25.0));
+        assert_eq!(t.tenants["acme"].data_collection, DataPolicy::Deny);
+        assert!(t.tenants["globex"].shared_keys);
+        let bad = parse_yaml::<TenantsFile>(&path, "tenants:\n  x:\n    budgte: {}\n").unwrap_err();
+        assert_eq!(bad.line, Some(3));
+    }
+
+    #[test]
     fn url_paths_and_env_keys() {
         assert_eq!(
             url_path("http://127.0.0.1:8089/simcloud/v1"),

@@ -652,7 +652,7 @@ pub async fn usage(
 }
 
 /// The report as a table.
-pub fn usage_table(r: &UsageReport) -> String {
+pub fn usage_table(r: &UsageReport, by: &[GroupBy]) -> String {
     let mut out = String::new();
     let line = |f: &UsageFigures, label: &str| {
         format!(
@@ -671,7 +671,10 @@ pub fn usage_table(r: &UsageReport) -> String {
         "GROUP", "CALLS", "PROMPT TOK", "COMPL TOK", "CACHED", "COST", "P50 MS", "P95 MS"
     ));
     for g in &r.groups {
-        let label: Vec<&str> = g.group.values().map(String::as_str).collect();
+        let label: Vec<&str> = by
+            .iter()
+            .filter_map(|d| g.group.get(d.name()).map(String::as_str))
+            .collect();
         out.push_str(&line(g, &label.join(" / ")));
     }
     out.push_str(&line(&r.totals, "TOTAL"));
