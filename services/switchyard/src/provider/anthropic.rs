@@ -3,12 +3,12 @@
 //! input schema is the stage's output schema (the answer is the tool call's input).
 
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, http_error, post_json,
-    scrubbed,
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, add_configured_headers,
+    failure, http_error, post_json,
 };
 use crate::config::Provider;
 use crate::envelope::AttemptClass;
@@ -88,28 +88,8 @@ impl Anthropic {
             v.set_sensitive(true);
             h.insert("x-api-key", v);
         }
-        for (k, v) in &self.provider.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-                h.insert(k, v);
-            }
-        }
+        add_configured_headers(&mut h, &self.provider);
         h
-    }
-
-    fn error(
-        &self,
-        class: AttemptClass,
-        status: Option<u16>,
-        message: &str,
-        usage: Usage,
-    ) -> ProviderError {
-        ProviderError {
-            class,
-            status,
-            message: scrubbed(message, self.provider.keys.iter().map(|k| &k.secret)),
-            retry_after: None,
-            usage,
-        }
     }
 
     async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
@@ -132,7 +112,8 @@ impl Anthropic {
             return Err(http_error(&reply, message, &self.provider));
         }
         let Some(body) = reply.json else {
-            return Err(self.error(
+            return Err(failure(
+                &self.provider,
                 AttemptClass::ProviderBadOutput,
                 Some(status),
                 "HTTP 200 with a body that is not JSON",
@@ -153,7 +134,8 @@ impl Anthropic {
         };
         match body.get("stop_reason").and_then(Value::as_str) {
             Some("refusal") => {
-                return Err(self.error(
+                return Err(failure(
+                    &self.provider,
                     AttemptClass::ContentPolicy,
                     Some(status),
                     "the model refused (stop_reason=refusal)",
@@ -161,7 +143,8 @@ impl Anthropic {
                 ));
             }
             Some("max_tokens") => {
-                return Err(self.error(
+                return Err(failure(
+                    &self.provider,
                     AttemptClass::ProviderBadOutput,
                     Some(status),
                     "output truncated at max_tokens",
@@ -193,7 +176,8 @@ impl Anthropic {
                 usage,
                 status,
             }),
-            None => Err(self.error(
+            None => Err(failure(
+                &self.provider,
                 AttemptClass::ProviderBadOutput,
                 Some(status),
                 "HTTP 200 with no content",

@@ -309,6 +309,33 @@ pub(crate) async fn post_json(
     })
 }
 
+/// A failure of `class`, its text scrubbed of the provider's keys.
+pub(crate) fn failure(
+    provider: &Provider,
+    class: AttemptClass,
+    status: Option<u16>,
+    message: &str,
+    usage: Usage,
+) -> ProviderError {
+    ProviderError {
+        class,
+        status,
+        message: scrubbed(message, provider.keys.iter().map(|k| &k.secret)),
+        retry_after: None,
+        usage,
+    }
+}
+
+/// Adds the provider's configured extra headers.
+pub(crate) fn add_configured_headers(h: &mut reqwest::header::HeaderMap, provider: &Provider) {
+    use reqwest::header::{HeaderName, HeaderValue};
+    for (k, v) in &provider.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            h.insert(k, v);
+        }
+    }
+}
+
 /// The classified error for a non-2xx reply; `message` is the provider's own error text.
 pub(crate) fn http_error(
     reply: &Reply,

@@ -2,12 +2,12 @@
 //! server that speaks `POST {base_url}/chat/completions`.
 
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, http_error, post_json,
-    scrubbed,
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, add_configured_headers,
+    failure, http_error, post_json,
 };
 use crate::config::Provider;
 use crate::envelope::AttemptClass;
@@ -72,28 +72,8 @@ impl OpenAiCompatible {
             v.set_sensitive(true);
             h.insert(AUTHORIZATION, v);
         }
-        for (k, v) in &self.provider.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-                h.insert(k, v);
-            }
-        }
+        add_configured_headers(&mut h, &self.provider);
         h
-    }
-
-    fn fail(
-        &self,
-        class: AttemptClass,
-        status: Option<u16>,
-        message: &str,
-        usage: Usage,
-    ) -> ProviderError {
-        ProviderError {
-            class,
-            status,
-            message: scrubbed(message, self.provider.keys.iter().map(|k| &k.secret)),
-            retry_after: None,
-            usage,
-        }
     }
 
     async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
@@ -115,7 +95,8 @@ impl OpenAiCompatible {
             ));
         }
         let Some(body) = reply.json else {
-            return Err(self.fail(
+            return Err(failure(
+                &self.provider,
                 AttemptClass::ProviderBadOutput,
                 Some(status),
                 "HTTP 200 with a body that is not JSON",
@@ -124,7 +105,8 @@ impl OpenAiCompatible {
         };
         let usage = usage(&body);
         let bad = |message: &str| {
-            self.fail(
+            failure(
+                &self.provider,
                 AttemptClass::ProviderBadOutput,
                 Some(status),
                 message,
@@ -146,7 +128,8 @@ impl OpenAiCompatible {
                 return Err(bad("output truncated at max_tokens (finish_reason=length)"));
             }
             Some("content_filter") => {
-                return Err(self.fail(
+                return Err(failure(
+                    &self.provider,
                     AttemptClass::ContentPolicy,
                     Some(status),
                     "refused by the provider's content filter",
