@@ -47,6 +47,18 @@ pub fn test_kafka(bootstrap: &str) -> KafkaSettings {
         .unwrap()
 }
 
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // A test that failed with the pipeline still running: stop it, and keep the broker alive
+        // (leaked) so its consumers can close instead of hanging on a vanished broker.
+        if let Some((token, _)) = self.running.take() {
+            token.cancel();
+            let broker = std::mem::replace(&mut self.broker, EmbeddedBroker::start().unwrap());
+            std::mem::forget(broker);
+        }
+    }
+}
+
 /// A broker, a simulator and a pipeline configuration, ready to run.
 pub struct Harness {
     /// The embedded broker.

@@ -39,6 +39,12 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Check a pipeline's config, prompts and schemas; errors name file and line.
     Validate(ValidateArgs),
+    /// List or replay dead letters.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Store the ledger topic in PostgreSQL (also part of `run` when DATABASE_URL is set).
     LedgerSink(LedgerSinkArgs),
     /// Calls, tokens, cost, escalations and failures from the ledger, grouped as asked.
@@ -57,6 +63,55 @@ pub enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+}
+
+/// `switchyard dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (newest last).
+    List(DlqArgs),
+    /// Send chosen dead letters back to the stage where they failed.
+    Replay(DlqReplayArgs),
+}
+
+/// Which dead letters.
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// Pipeline folder.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    pub brokers: String,
+    /// Only this reason (e.g. provider_exhausted).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only those of the last DURATION (e.g. 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// At most N.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+}
+
+/// `switchyard dlq replay`.
+#[derive(Debug, clap::Args)]
+pub struct DlqReplayArgs {
+    /// Which dead letters.
+    #[command(flatten)]
+    pub which: DlqArgs,
+    /// Show what would be replayed without sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Jobs replayed this many times already stay put.
+    #[arg(long, default_value_t = 3)]
+    pub max_redrives: u32,
 }
 
 /// `switchyard route …`.
@@ -286,6 +341,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(a) => validate(&a.pipeline),
         Command::Models(a) => models(a),
         Command::LedgerSink(a) => ledger_sink(a).await,
+        Command::Dlq {
+            command: DlqCommand::List(a),
+        } => dlq_list(a).await,
+        Command::Dlq {
+            command: DlqCommand::Replay(a),
+        } => dlq_replay(a).await,
         Command::Usage(a) => usage(a).await,
         Command::Route {
             command: RouteCommand::Explain(a),
@@ -492,6 +553,89 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             models.join(" → ")
         );
     }
+    Ok(())
+}
+
+async fn dlq_context(
+    a: &DlqArgs,
+) -> anyhow::Result<(
+    Pipeline,
+    KafkaSettings,
+    crate::dlq::Filter,
+    crate::dlq::Picture,
+)> {
+    crate::telemetry::init("warn");
+    let pipeline = load(&a.pipeline)?;
+    let kafka = KafkaSettings::new(&a.brokers)
+        .with_options(&a.kafka_options)
+        .map_err(anyhow::Error::msg)?;
+    let since = match a.since {
+        Some(d) => Some(
+            crate::envelope::now()
+                - time::Duration::try_from(d).map_err(|e| anyhow!("--since: {e}"))?,
+        ),
+        None => None,
+    };
+    let filter = crate::dlq::Filter {
+        reason: a.reason.clone(),
+        since,
+        limit: a.limit,
+    };
+    let picture = crate::dlq::read_picture(&kafka, &pipeline, Duration::from_secs(3))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok((pipeline, kafka, filter, picture))
+}
+
+async fn dlq_list(a: DlqArgs) -> anyhow::Result<()> {
+    let (_, _, filter, picture) = dlq_context(&a).await?;
+    let rows = crate::dlq::list(&picture, &filter);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<25} {:<28} {:<10} {:<9} {:<20} {:>7} {:>6}  DETAIL",
+        "FAILED AT", "JOB", "TENANT", "STAGE", "REASON", "REPLAY?", "REDRV"
+    );
+    for r in &rows {
+        let detail: String = r.detail.chars().take(90).collect();
+        let replay = if r.resolved {
+            "done"
+        } else if r.replayable {
+            "yes"
+        } else {
+            "no"
+        };
+        println!(
+            "{:<25} {:<28} {:<10} {:<9} {:<20} {:>7} {:>6}  {detail}",
+            r.failed_at, r.job_id, r.tenant, r.stage, r.reason, replay, r.redrive_count
+        );
+    }
+    println!("{} dead letters", rows.len());
+    Ok(())
+}
+
+async fn dlq_replay(a: DlqReplayArgs) -> anyhow::Result<()> {
+    let (pipeline, kafka, filter, picture) = dlq_context(&a.which).await?;
+    let (decisions, messages) =
+        crate::dlq::plan_replay(&picture, &pipeline, &filter, a.max_redrives);
+    if a.which.json {
+        println!("{}", serde_json::to_string_pretty(&decisions)?);
+    } else {
+        for d in &decisions {
+            println!("{:<28} {:<9} {}", d.job_id, d.stage, d.action);
+        }
+    }
+    let n = messages.len();
+    if a.dry_run {
+        eprintln!("dry run: {n} jobs would be replayed");
+        return Ok(());
+    }
+    let sent = crate::dlq::send(&kafka, messages)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    eprintln!("replayed {sent} jobs");
     Ok(())
 }
 

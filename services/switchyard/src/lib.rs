@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod envelope;
 pub mod gate;
 pub mod health;

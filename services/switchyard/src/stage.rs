@@ -348,7 +348,10 @@ impl StageRunner {
                     .health
                     .allow(&endpoint.provider, &endpoint.model, Instant::now())
                 {
+                    // Like a rate limit: wait for the breaker's probe rather than give the job up.
                     notes.push(format!("{} skipped: circuit breaker open", endpoint.id()));
+                    let probe = Duration::from_millis(500);
+                    soonest_capacity = Some(soonest_capacity.map_or(probe, |s| s.min(probe)));
                     continue;
                 }
                 let permit = match self.capacity(endpoint, tokens, choice).await {
@@ -449,9 +452,9 @@ impl StageRunner {
                 }
             }
             match soonest_capacity {
-                // Candidates left untried only for want of rate-limit capacity: hold the job
-                // (its in-flight slot makes the partitions pause) until capacity returns, then
-                // try those. A rate limit never dead-letters a job.
+                // Candidates left untried only for want of rate-limit capacity or behind an open
+                // breaker: hold the job (its in-flight slot makes the partitions pause) until they
+                // can be tried. A rate limit or an open breaker never dead-letters a job.
                 Some(wait) => {
                     tracing::debug!(?wait, "candidates at their rate limit; waiting");
                     tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
