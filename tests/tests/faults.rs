@@ -237,3 +237,77 @@ async fn replicas_joining_and_leaving_mid_run_lose_nothing() {
         summary.results, summary.dead_lettered, summary.duplicates
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_unreachable_for_a_while_then_back_loses_nothing() {
+    let mut profile = quiet_profile();
+    profile.latency_scale = 0.05;
+    let mut h = Harness::start(profile, 3).await;
+    h.run_pipeline().await;
+    let first: Vec<_> = (0..60)
+        .map(|i| job(&format!("outage-a-{i}"), &format!("ticket {i}")))
+        .collect();
+    h.produce(&first).await;
+    // Take the broker away while those jobs are in flight, for 12 s.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    h.broker.broker_down().unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    h.broker.broker_up().unwrap();
+    let second: Vec<_> = (0..60)
+        .map(|i| job(&format!("outage-b-{i}"), &format!("ticket {i}")))
+        .collect();
+    h.produce(&second).await;
+    let mut all = ids(&first);
+    all.extend(ids(&second));
+    let tally = h.collect(&all, 0, Duration::from_secs(60)).await;
+    h.stop_pipeline().await;
+    let summary = tally.summary("support-triage", &all, Duration::from_secs(1));
+    assert_eq!(summary.lost, 0, "{summary:?}");
+    assert_eq!(summary.results + summary.dead_lettered, 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn huge_jobs_are_dead_lettered_without_stalling_the_partition() {
+    let mut h = Harness::start(quiet_profile(), 1).await;
+    let producer_side = h.kafka.clone();
+    // The pipeline's producer takes at most 200 KB a message (as a topic's max.message.bytes would).
+    h.kafka = h
+        .kafka
+        .clone()
+        .with_options(&["message.max.bytes=200000".to_string()])
+        .unwrap();
+    h.run_pipeline().await;
+    // 150 KB: too long for every model's context window. 300 KB: its dead letter (which
+    // carries the whole job) is larger than the producer takes, so a bounded excerpt goes.
+    let big = job("huge-150k", &"card ".repeat(30_000));
+    let bigger = job("huge-300k", &"card ".repeat(60_000));
+    let after = job("after-huge", "[sim:high_confidence] small one");
+    let expected = ids(&[big.clone(), bigger.clone(), after.clone()]);
+    switchyard::produce::produce_jobs(
+        &producer_side,
+        &h.pipeline.topics.intake,
+        &[big, bigger, after],
+    )
+    .await
+    .unwrap();
+    let tally = h.collect(&expected, 0, Duration::from_secs(40)).await;
+    h.stop_pipeline().await;
+    assert!(
+        tally.results.contains_key("after-huge"),
+        "the partition kept moving"
+    );
+    let d = &tally.dead["huge-150k"][0];
+    assert_eq!(d.reason, DeadLetterReason::ProviderExhausted);
+    assert!(d.detail.contains("context window"), "{}", d.detail);
+    assert!(
+        d.attempts.is_empty(),
+        "no call is made for a prompt no model can take"
+    );
+    let d = &tally.dead["huge-300k"][0];
+    assert_eq!(d.reason, DeadLetterReason::OutputRejected, "{}", d.detail);
+    assert!(d.detail.contains("bytes at"), "{}", d.detail);
+    assert!(
+        d.original.to_bytes().len() <= 16 * 1024,
+        "a bounded excerpt"
+    );
+}

@@ -31,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline end to end on an embedded broker and simulator (nothing to install).
     Demo(DemoArgs),
-    /// Serve the embedded Kafka-protocol broker to other processes until Ctrl-C.
+    /// Serve the embedded Kafka-protocol broker to other processes until Ctrl-C (SIGUSR1 takes
+    /// it down, SIGUSR2 brings it back).
     DevBroker(DevBrokerArgs),
     /// Run a pipeline's stages against a Kafka cluster until SIGINT/SIGTERM.
     Run(RunArgs),
@@ -439,6 +440,8 @@ async fn dev_broker(a: DevBrokerArgs) -> anyhow::Result<()> {
     out.flush()?;
     tracing::info!(port, topics = ?topics, "embedded broker serving; Ctrl-C to stop");
     let shutdown = shutdown_signal();
+    let broker = Arc::new(broker);
+    control_signals(broker.clone());
     tokio::select! {
         _ = forward(listener, target) => {}
         _ = shutdown.cancelled() => {}
@@ -790,6 +793,35 @@ fn import(a: ImportArgs) -> anyhow::Result<()> {
         None => print!("{yaml}"),
     }
     Ok(())
+}
+
+/// SIGUSR1 takes the embedded broker down (clients see it unreachable, data is kept), SIGUSR2
+/// brings it back: for fault drills against separate processes.
+fn control_signals(broker: Arc<EmbeddedBroker>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut down), Ok(mut up)) = (
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = down.recv() => match broker.broker_down() {
+                    Ok(()) => tracing::warn!("broker DOWN (SIGUSR1); SIGUSR2 brings it back"),
+                    Err(e) => tracing::error!(error = %e, "cannot take the broker down"),
+                },
+                _ = up.recv() => match broker.broker_up() {
+                    Ok(()) => tracing::warn!("broker UP (SIGUSR2)"),
+                    Err(e) => tracing::error!(error = %e, "cannot bring the broker up"),
+                },
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = broker;
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM; a second signal exits at once.
