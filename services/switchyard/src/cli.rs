@@ -40,6 +40,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Check a pipeline's config, prompts and schemas; errors name file and line.
     Validate(ValidateArgs),
+    /// Fault drill: broker, simulator and replicas as processes, killed and restarted at random.
+    Chaos(ChaosArgs),
     /// List or replay dead letters.
     Dlq {
         /// What to do.
@@ -64,6 +66,26 @@ pub enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+}
+
+/// `switchyard chaos`.
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Jobs to run.
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Seed for the faults.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Faults to inject.
+    #[arg(long, default_value_t = 8)]
+    pub faults: usize,
+    /// Pipeline folder.
+    #[arg(long, default_value = "pipelines/support-triage")]
+    pub pipeline: PathBuf,
+    /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `switchyard dlq …`.
@@ -342,6 +364,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(a) => validate(&a.pipeline),
         Command::Models(a) => models(a),
         Command::LedgerSink(a) => ledger_sink(a).await,
+        Command::Chaos(a) => chaos(a).await,
         Command::Dlq {
             command: DlqCommand::List(a),
         } => dlq_list(a).await,
@@ -555,6 +578,31 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             s.input_topic,
             models.join(" → ")
         );
+    }
+    Ok(())
+}
+
+async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("cannot tell where the switchyard binary is"))?;
+    let report = crate::chaos::run_chaos(crate::chaos::ChaosOptions {
+        jobs: a.jobs,
+        seed: a.seed,
+        bin_dir,
+        pipeline: locate(&a.pipeline),
+        faults: a.faults,
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if report.lost > 0 {
+        anyhow::bail!("{} jobs were lost", report.lost);
     }
     Ok(())
 }

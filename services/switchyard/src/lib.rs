@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod catalog;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;
