@@ -85,6 +85,9 @@ impl KafkaSettings {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")
+            // Prefetch at most 8 MB per consumer: with the in-flight caps this bounds memory,
+            // whatever the backlog (librdkafka's default is 64 MB).
+            .set("queued.max.messages.kbytes", "8192")
             .set("enable.partition.eof", "false");
         self.apply(c)
     }
