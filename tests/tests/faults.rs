@@ -311,3 +311,66 @@ async fn huge_jobs_are_dead_lettered_without_stalling_the_partition() {
         "a bounded excerpt"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordering_by_key_keeps_intake_order_through_escalations() {
+    let mut profile = quiet_profile();
+    profile.latency_scale = 0.05;
+    let mut h = Harness::start(profile, 3).await;
+    h.pipeline.ordering = switchyard::config::Ordering::Key;
+    h.pipeline.stages[0].gate.escalate_if.clear();
+    h.run_pipeline().await;
+    // 12 customers × 8 tickets; every third ticket escalates (a slower path) so that, without
+    // ordering, later tickets of a customer would overtake it.
+    let mut messages = Vec::new();
+    let mut expected = std::collections::HashSet::new();
+    for n in 0..8 {
+        for c in 0..12 {
+            let text = if n % 3 == 0 {
+                "[sim:low_confidence@cheap] unsure"
+            } else {
+                "[sim:high_confidence] sure"
+            };
+            let j = job(&format!("ord-c{c:02}-n{n}"), text);
+            expected.insert(j.job_id.clone());
+            messages.push((format!("customer-{c:02}"), serde_json::to_vec(&j).unwrap()));
+        }
+    }
+    switchyard::produce::send_all(&h.kafka, &h.pipeline.topics.intake, &messages)
+        .await
+        .unwrap();
+
+    let consumer = reader(&h.kafka, &[&h.pipeline.topics.results]).unwrap();
+    let mut order: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    let mut seen = 0;
+    let mut escalated = 0;
+    read_until(&consumer, Duration::from_secs(30), |_, payload| {
+        let r: switchyard::envelope::JobResult = serde_json::from_slice(payload).unwrap();
+        let (customer, n) = r
+            .job_id
+            .trim_start_matches("ord-")
+            .split_once("-n")
+            .unwrap();
+        order
+            .entry(customer.to_string())
+            .or_default()
+            .push(n.parse().unwrap());
+        if !r.escalations.is_empty() {
+            escalated += 1;
+            assert_eq!(r.stage, "resolve");
+        }
+        seen += 1;
+        seen >= expected.len()
+    })
+    .await;
+    h.stop_pipeline().await;
+    assert_eq!(seen, 96);
+    assert_eq!(escalated, 36, "the escalations ran (inline)");
+    for (customer, ns) in &order {
+        assert_eq!(
+            ns,
+            &(0..8).collect::<Vec<u32>>(),
+            "{customer}'s results out of intake order"
+        );
+    }
+}

@@ -149,6 +149,10 @@ pub struct PipelineFile {
     /// Tenants file, relative to the pipeline folder; without one, tenants are not checked.
     #[serde(default)]
     pub tenants: Option<PathBuf>,
+    /// `key`: results for one Kafka key come out in intake order (jobs of a key run one at a
+    /// time, escalations run inline in the first stage's worker).
+    #[serde(default)]
+    pub ordering: Ordering,
     /// The stages, in escalation order.
     pub stages: Vec<StageFile>,
 }
@@ -159,6 +163,17 @@ fn default_catalog() -> PathBuf {
 
 fn default_providers() -> PathBuf {
     PathBuf::from("../providers.yaml")
+}
+
+/// Result order guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// No order: jobs run concurrently, escalations finish later.
+    #[default]
+    None,
+    /// Per Kafka key, results in intake order.
+    Key,
 }
 
 /// Topic overrides; absent ones derive from the pipeline name.
@@ -778,6 +793,8 @@ pub struct Pipeline {
     pub samples: Option<PathBuf>,
     /// Tenants by name; `None` when the pipeline has no tenants file (no tenant checks).
     pub tenants: Option<BTreeMap<String, crate::tenant::Tenant>>,
+    /// Result order guarantee.
+    pub ordering: Ordering,
 }
 
 impl Pipeline {
@@ -1160,6 +1177,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             tenants,
+            ordering: file.ordering,
             name,
             description: file.description,
             dir: dir.to_path_buf(),

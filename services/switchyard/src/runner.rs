@@ -214,7 +214,19 @@ pub async fn run(
         let next = pipeline.stages.get(i + 1).map(|s| s.name.clone());
         let runner = StageRunner::new(stage.clone(), next, providers.clone(), tenants.clone())
             .map_err(|e| RunError::Setup(e.to_string()))?;
+        // Ordered pipelines run the later stages inline in the first stage's worker.
+        let mut inline = Vec::new();
+        if pipeline.ordering == crate::config::Ordering::Key && i == 0 {
+            for (j, later) in pipeline.stages.iter().enumerate().skip(1) {
+                let next = pipeline.stages.get(j + 1).map(|s| s.name.clone());
+                inline.push(
+                    StageRunner::new(later.clone(), next, providers.clone(), tenants.clone())
+                        .map_err(|e| RunError::Setup(e.to_string()))?,
+                );
+            }
+        }
         let shared = Arc::new(StageShared {
+            inline,
             pipeline: pipeline.clone(),
             runner,
             schemas: schemas.clone(),

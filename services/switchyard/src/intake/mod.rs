@@ -11,7 +11,10 @@
 
 pub mod watermark;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
@@ -46,6 +49,8 @@ pub struct StageShared {
     pub schemas: Arc<Schemas>,
     /// The producer.
     pub output: Arc<Output>,
+    /// With `ordering: key`, the first stage runs the later stages inline: their runners.
+    pub inline: Vec<StageRunner>,
 }
 
 /// An error that stops a stage worker.
@@ -264,6 +269,10 @@ pub async fn run_stage(
     // retrying publishes only when `abandon` fires at the drain deadline.
     let abandon = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let ordered =
+        shared.pipeline.ordering == crate::config::Ordering::Key && shared.runner.stage.index == 0;
+    let mut chains: HashMap<String, futures::future::Shared<tokio::sync::oneshot::Receiver<()>>> =
+        HashMap::new();
     loop {
         let message = tokio::select! {
             biased;
@@ -303,7 +312,21 @@ pub async fn run_stage(
             }
             ticket
         };
+        // `ordering: key`: each job of a key waits for the one before it.
+        let (after, done) = match (&received.source.key, ordered) {
+            (Some(k), true) => {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let prev = chains.insert(k.clone(), rx.shared());
+                if chains.len() > 4096 {
+                    chains.retain(|_, f| f.peek().is_none());
+                }
+                (prev, Some(tx))
+            }
+            _ => (None, None),
+        };
         let job = JobTask {
+            after,
+            done,
             shared: shared.clone(),
             consumer: consumer.clone(),
             tracker: tracker.clone(),
@@ -381,6 +404,10 @@ fn set_paused(consumer: &StageConsumer, topic: &str, partitions: &[i32], pause: 
 }
 
 struct JobTask {
+    /// With ordering: the completion of the previous job of the same key.
+    after: Option<futures::future::Shared<tokio::sync::oneshot::Receiver<()>>>,
+    /// With ordering: completes (by drop) when this job is done, releasing the next.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
     shared: Arc<StageShared>,
     consumer: Arc<StageConsumer>,
     tracker: Tracker,
@@ -390,7 +417,10 @@ struct JobTask {
 }
 
 impl JobTask {
-    async fn run(self, ticket: Ticket, received: Received) {
+    async fn run(mut self, ticket: Ticket, received: Received) {
+        if let Some(previous) = self.after.take() {
+            let _ = previous.await;
+        }
         let envelopes = process(&self.shared, &received).await;
         // Output and ledger records go out together; the offset moves only when all are acked.
         let sends = envelopes
@@ -440,6 +470,9 @@ impl JobTask {
         if !actions.resume.is_empty() {
             set_paused(&self.consumer, &self.topic, &actions.resume, false);
         }
+        drop(t);
+        // Release the next job of this key (also released when the task ends any other way).
+        drop(self.done.take());
     }
 }
 
@@ -583,10 +616,27 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
         }
     };
     let span = tracing::debug_span!("job", job_id = %job.job_id, stage = %stage.name);
-    let run = shared.runner.run(&job, &history).instrument(span).await;
-    let this_stage = run.attempts.clone();
+    let mut run = shared
+        .runner
+        .run(&job, &history)
+        .instrument(span.clone())
+        .await;
+    let mut this_stage = run.attempts.clone();
+    let mut history = history;
+    // Ordered pipelines escalate inline, so a job's result is out before the next job of its
+    // key starts.
+    let mut stage = stage;
+    for next in &shared.inline {
+        let Outcome::Escalate(step) = &run.outcome else {
+            break;
+        };
+        history.push(step.clone());
+        run = next.run(&job, &history).instrument(span.clone()).await;
+        this_stage.extend(run.attempts.iter().cloned());
+        stage = &next.stage;
+    }
     let mut attempts = prior;
-    attempts.extend(run.attempts);
+    attempts.extend(this_stage.iter().cloned());
     let key = received
         .source
         .key
@@ -670,7 +720,8 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
             checked(shared, &shared.schemas.escalation, env, &esc, received)
         }
         Outcome::DeadLetter { reason, detail } => {
-            let dl = job_dead_letter(shared, received, &job, history, attempts, reason, detail);
+            let mut dl = job_dead_letter(shared, received, &job, history, attempts, reason, detail);
+            dl.stage = stage.name.clone();
             vec![dead_letter_envelope(shared, &dl, received)]
         }
     };
