@@ -478,6 +478,15 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
     let kafka = KafkaSettings::new(&a.brokers)
         .with_options(&a.kafka_options)
         .map_err(anyhow::Error::msg)?;
+    let missing = crate::produce::missing_topics(&kafka, &pipeline.all_topics())
+        .map_err(anyhow::Error::msg)?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "topics missing on {}: {}; create them (as many partitions as you want replicas to share work), or use `switchyard dev-broker --pipeline DIR` locally",
+            a.brokers,
+            missing.join(", ")
+        );
+    }
     let shutdown = shutdown_signal();
     tracing::info!(pipeline = %pipeline.name, brokers = %a.brokers, "starting");
     let (ledger, spend_seed) = match (&a.database_url, a.no_ledger_sink) {

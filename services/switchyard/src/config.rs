@@ -801,6 +801,19 @@ impl Pipeline {
     /// Loads `DIR/pipeline.yaml` and everything it references.
     pub fn load(dir: &Path) -> Result<Pipeline, ConfigErrors> {
         let path = dir.join("pipeline.yaml");
+        if !path.is_file() {
+            let what = if dir.is_dir() {
+                "has no pipeline.yaml"
+            } else {
+                "does not exist"
+            };
+            return Err(err(
+                dir,
+                None,
+                format!("{what}; give the folder of a pipeline, e.g. pipelines/support-triage"),
+            )
+            .into());
+        }
         let (file, text): (PipelineFile, String) = read_yaml(&path)?;
         Self::resolve(dir, &path, &text, file)
     }

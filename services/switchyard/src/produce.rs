@@ -101,6 +101,35 @@ pub async fn send_all(
     Ok(sent)
 }
 
+/// The topics of `topics` that the cluster does not have.
+pub fn missing_topics(kafka: &KafkaSettings, topics: &[String]) -> Result<Vec<String>, String> {
+    let consumer: StreamConsumer =
+        kafka
+            .reader("switchyard-topic-check")
+            .create()
+            .map_err(|e| {
+                format!(
+                    "cannot create a client for {}: {}",
+                    kafka.brokers,
+                    crate::kafka::error_text(&e)
+                )
+            })?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(15))
+        .map_err(|e| {
+            format!(
+                "cannot reach the brokers at {} within 15 s: {e}; is the broker running?",
+                kafka.brokers
+            )
+        })?;
+    let present: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    Ok(topics
+        .iter()
+        .filter(|t| !present.contains(&t.as_str()))
+        .cloned()
+        .collect())
+}
+
 /// Produces intake jobs, keyed by job id.
 pub async fn produce_jobs(
     kafka: &KafkaSettings,
