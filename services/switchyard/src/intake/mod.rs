@@ -87,7 +87,14 @@ struct StageContext {
     stage: String,
     rebalance_timeout: Duration,
     readiness: Arc<crate::runner::Readiness>,
+    /// Per assigned partition: cancelled when it is revoked, so jobs left running past the
+    /// drain stop instead of publishing what the next owner will publish again.
+    partition_tokens: PartitionTokens,
+    /// Parent of every partition token (cancelled at the shutdown deadline).
+    abandon: CancellationToken,
 }
+
+type PartitionTokens = Arc<Mutex<HashMap<i32, CancellationToken>>>;
 
 impl ClientContext for StageContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
@@ -167,6 +174,17 @@ impl ConsumerContext for StageContext {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(stage = %self.stage, error = %e, "rebalance: nothing committed");
         }
+        {
+            let mut tokens = self
+                .partition_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for p in &partitions {
+                if let Some(t) = tokens.remove(p) {
+                    t.cancel();
+                }
+            }
+        }
         let (left, resumable) = {
             let mut t = lock(&self.tracker);
             (t.partitions().len(), t.resumable())
@@ -197,6 +215,17 @@ impl ConsumerContext for StageContext {
                     }
                     t.partitions().len()
                 };
+                {
+                    let mut tokens = self
+                        .partition_tokens
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    for p in &partitions {
+                        if let Some(old) = tokens.insert(*p, self.abandon.child_token()) {
+                            old.cancel();
+                        }
+                    }
+                }
                 if let Ok(md) = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(2))
                     && let Some(t) = md.topics().iter().find(|t| t.name() == self.topic)
                 {
@@ -244,7 +273,13 @@ pub async fn run_stage(
         total: conc.max_in_flight,
         per_partition: conc.max_in_flight_per_partition,
     })));
+    // Jobs keep running (and publishing) for a while after shutdown is asked for; they stop
+    // when `abandon` fires at the drain deadline, or when their partition is revoked.
+    let abandon = CancellationToken::new();
+    let partition_tokens: PartitionTokens = Arc::default();
     let context = StageContext {
+        partition_tokens: partition_tokens.clone(),
+        abandon: abandon.clone(),
         tracker: tracker.clone(),
         topic: topic.clone(),
         stage: stage.clone(),
@@ -265,9 +300,6 @@ pub async fn run_stage(
     consumer.subscribe(&[&topic]).map_err(consumer_error)?;
     tracing::info!(stage = %stage, topic = %topic, group, "stage consuming");
 
-    // Jobs keep running (and publishing) for a while after shutdown is asked for; they stop
-    // retrying publishes only when `abandon` fires at the drain deadline.
-    let abandon = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let ordered =
         shared.pipeline.ordering == crate::config::Ordering::Key && shared.runner.stage.index == 0;
@@ -331,7 +363,12 @@ pub async fn run_stage(
             consumer: consumer.clone(),
             tracker: tracker.clone(),
             topic: topic.clone(),
-            abandon: abandon.clone(),
+            abandon: partition_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&ticket.partition)
+                .cloned()
+                .unwrap_or_else(|| abandon.child_token()),
             fatal: shutdown.clone(),
         };
         tasks.spawn(job.run(ticket, received));
@@ -421,7 +458,11 @@ impl JobTask {
         if let Some(previous) = self.after.take() {
             let _ = previous.await;
         }
-        let envelopes = process(&self.shared, &received).await;
+        let envelopes = tokio::select! {
+            e = process(&self.shared, &received) => e,
+            // Revoked (after the drain) or shut down: hand the job back.
+            _ = self.abandon.cancelled() => return,
+        };
         // Output and ledger records go out together; the offset moves only when all are acked.
         let sends = envelopes
             .iter()
