@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-/// A simulator of LLM providers (OpenAI chat completions) for tests, demos and benchmarks.
+/// A simulator of LLM providers (OpenAI chat completions and Anthropic Messages) for tests, demos and benchmarks.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

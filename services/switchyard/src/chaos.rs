@@ -325,7 +325,13 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
         duplicates: summary.duplicates,
         restarts,
         malformed: malformed.len(),
-        malformed_dead_lettered: tally.dead_without_id.len(),
+        // Distinct by source: a malformed message redone after a kill is one message.
+        malformed_dead_lettered: tally
+            .dead_without_id
+            .iter()
+            .map(|d| (d.source.partition, d.source.offset))
+            .collect::<HashSet<_>>()
+            .len(),
         faults,
         seed: options.seed,
         elapsed_s: elapsed.as_secs_f64(),

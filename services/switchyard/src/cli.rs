@@ -40,6 +40,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Check a pipeline's config, prompts and schemas; errors name file and line.
     Validate(ValidateArgs),
+    /// Print a pipeline's results (or dead letters, or ledger records) as JSON lines.
+    Tail(TailArgs),
     /// Fault drill: broker, simulator and replicas as processes, killed and restarted at random.
     Chaos(ChaosArgs),
     /// List or replay dead letters.
@@ -66,6 +68,42 @@ pub enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+}
+
+/// Which topic `switchyard tail` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TailTopic {
+    /// Finished jobs.
+    Results,
+    /// Dead letters.
+    DeadLetters,
+    /// Ledger records.
+    Ledger,
+    /// Escalations to the second stage.
+    Escalate,
+}
+
+/// `switchyard tail`.
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Pipeline folder.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    pub brokers: String,
+    /// Which topic.
+    #[arg(long, value_enum, default_value = "results")]
+    pub topic: TailTopic,
+    /// Stop after N messages.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep reading new messages (until Ctrl-C) instead of stopping when caught up.
+    #[arg(long)]
+    pub follow: bool,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
 }
 
 /// `switchyard chaos`.
@@ -365,6 +403,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Models(a) => models(a),
         Command::LedgerSink(a) => ledger_sink(a).await,
         Command::Chaos(a) => chaos(a).await,
+        Command::Tail(a) => tail(a).await,
         Command::Dlq {
             command: DlqCommand::List(a),
         } => dlq_list(a).await,
@@ -568,10 +607,7 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
 fn validate(dir: &Path) -> anyhow::Result<()> {
     let p = load(dir)?;
     println!("{}: ok", p.dir.join("pipeline.yaml").display());
-    println!(
-        "  topics: intake {}, results {}, dead letters {}",
-        p.topics.intake, p.topics.results, p.topics.dlq
-    );
+    println!("  topics to create: {}", p.all_topics().join(", "));
     for s in &p.stages {
         let plan = crate::route::plan(
             &s.models,
@@ -588,6 +624,42 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             models.join(" → ")
         );
     }
+    Ok(())
+}
+
+async fn tail(a: TailArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let p = load(&a.pipeline)?;
+    let kafka = KafkaSettings::new(&a.brokers)
+        .with_options(&a.kafka_options)
+        .map_err(anyhow::Error::msg)?;
+    let topic = match a.topic {
+        TailTopic::Results => p.topics.results.clone(),
+        TailTopic::DeadLetters => p.topics.dlq.clone(),
+        TailTopic::Ledger => p.topics.ledger.clone(),
+        TailTopic::Escalate => p
+            .stages
+            .get(1)
+            .map(|s| s.input_topic.clone())
+            .ok_or_else(|| anyhow!("pipeline `{}` has one stage: nothing escalates", p.name))?,
+    };
+    let consumer = crate::produce::reader(&kafka, &[&topic]).map_err(anyhow::Error::msg)?;
+    let idle = if a.follow {
+        Duration::from_secs(u64::MAX / 4)
+    } else {
+        Duration::from_secs(3)
+    };
+    let mut n = 0usize;
+    let limit = a.limit.unwrap_or(usize::MAX);
+    let mut out = std::io::stdout().lock();
+    crate::produce::read_until(&consumer, idle, |_, payload| {
+        let _ = out.write_all(payload);
+        let _ = out.write_all(b"\n");
+        n += 1;
+        n >= limit
+    })
+    .await;
+    eprintln!("{n} messages from {topic}");
     Ok(())
 }
 
@@ -667,9 +739,23 @@ async fn dlq_list(a: DlqArgs) -> anyhow::Result<()> {
         } else {
             "no"
         };
+        let at: String = r.failed_at.chars().take(19).collect();
+        let dash = |v: &str| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
         println!(
-            "{:<25} {:<28} {:<10} {:<9} {:<20} {:>7} {:>6}  {detail}",
-            r.failed_at, r.job_id, r.tenant, r.stage, r.reason, replay, r.redrive_count
+            "{:<20} {:<30} {:<10} {:<8} {:<18} {:<7} {:>5}  {detail}",
+            at,
+            dash(&r.job_id),
+            dash(&r.tenant),
+            r.stage,
+            r.reason,
+            replay,
+            r.redrive_count
         );
     }
     println!("{} dead letters", rows.len());
