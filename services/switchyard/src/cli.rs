@@ -645,7 +645,8 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
     };
     let consumer = crate::produce::reader(&kafka, &[&topic]).map_err(anyhow::Error::msg)?;
     let idle = if a.follow {
-        Duration::from_secs(u64::MAX / 4)
+        // A year of silence before giving up is as good as forever.
+        Duration::from_secs(365 * 24 * 3600)
     } else {
         Duration::from_secs(3)
     };
