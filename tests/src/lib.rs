@@ -242,10 +242,11 @@ pub fn copy_pipelines(dest: &Path) -> PathBuf {
     to
 }
 
-/// A `switchyard run` child process for the support-triage pipeline in `pipelines`.
-pub fn spawn_run(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::process::Child {
-    std::process::Command::new(switchyard_bin())
-        .args(["run", "--pipeline"])
+/// A `switchyard run` command for the support-triage pipeline in `pipelines`, its providers
+/// pointed at the simulator at `sim_base`; add environment or redirections before spawning.
+pub fn run_command(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(switchyard_bin());
+    c.args(["run", "--pipeline"])
         .arg(pipelines.join("support-triage"))
         .args(["--brokers", bootstrap, "-X", "session.timeout.ms=6000"])
         .env(
@@ -257,9 +258,13 @@ pub fn spawn_run(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::proc
             format!("{sim_base}/simedge/v1"),
         )
         .env("SWITCHYARD_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// A `switchyard run` child process for the support-triage pipeline in `pipelines`.
+pub fn spawn_run(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::process::Child {
+    run_command(pipelines, bootstrap, sim_base).spawn().unwrap()
 }
 
 /// A throwaway PostgreSQL server started from the system's binaries in a temporary folder.

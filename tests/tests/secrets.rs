@@ -2,12 +2,12 @@
 //! tenant BYOK), and every output searched for the key values.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use switchyard::ledger::{LedgerStore, PgLedger};
 use switchyard::produce::{read_until, reader};
-use switchyard_e2e::{Harness, Postgres, copy_pipelines, ids, job, quiet_profile, switchyard_bin};
+use switchyard_e2e::{Harness, Postgres, copy_pipelines, ids, job, quiet_profile, run_command};
 
 const SHARED: &str = "sk-scrub-shared-9f3a0c";
 const REVOKED: &str = "sk-scrub-revoked-77aa1e";
@@ -59,30 +59,12 @@ async fn no_key_value_appears_in_logs_topics_ledger_or_stats() {
 
     let log = dir.path().join("run.log");
     let log_file = std::fs::File::create(&log).unwrap();
-    let sim = h.sim.base_url();
-    let mut run = Command::new(switchyard_bin())
-        .args(["run", "--pipeline"])
-        .arg(pipelines.join("support-triage"))
-        .args([
-            "--brokers",
-            h.broker.bootstrap(),
-            "-X",
-            "session.timeout.ms=6000",
-        ])
-        .env(
-            "SWITCHYARD_PROVIDER_SIMCLOUD_URL",
-            format!("{sim}/simcloud/v1"),
-        )
-        .env(
-            "SWITCHYARD_PROVIDER_SIMEDGE_URL",
-            format!("{sim}/simedge/v1"),
-        )
+    let mut run = run_command(&pipelines, h.broker.bootstrap(), &h.sim.base_url())
         .env("SCRUB_SHARED", SHARED)
         .env("SCRUB_REVOKED", REVOKED)
         .env("SCRUB_TENANT", TENANT)
         .env("DATABASE_URL", &pg.url)
         .env("SWITCHYARD_LOG", "trace")
-        .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
         .spawn()

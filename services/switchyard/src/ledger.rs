@@ -445,12 +445,9 @@ pub enum GroupBy {
 impl GroupBy {
     fn column(self) -> &'static str {
         match self {
-            GroupBy::Tenant => "tenant",
-            GroupBy::Pipeline => "pipeline",
-            GroupBy::Stage => "stage",
-            GroupBy::Model => "model",
-            GroupBy::Provider => "provider",
             GroupBy::Day => "to_char(date_trunc('day', at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
+            // The other dimensions are columns of the same name.
+            other => other.name(),
         }
     }
 
