@@ -44,6 +44,8 @@ pub enum Command {
     Tail(TailArgs),
     /// Fault drill: broker, simulator and replicas as processes, killed and restarted at random.
     Chaos(ChaosArgs),
+    /// Benchmark: Switchyard against a peer implementation on one broker and one simulator.
+    Bench(BenchArgs),
     /// List or replay dead letters.
     Dlq {
         /// What to do.
@@ -124,6 +126,36 @@ pub struct ChaosArgs {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `switchyard bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Smaller job counts (about a minute without the peer).
+    #[arg(long)]
+    pub quick: bool,
+    /// The peer's command (program and arguments, split on spaces), e.g.
+    /// `bench/.venv/bin/python bench/peer/peer.py`; Switchyard runs alone without it.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Jobs for Switchyard in overhead mode (default 100,000, quick 20,000).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Jobs for Switchyard in latency mode (default 60,000, quick 20,000).
+    #[arg(long)]
+    pub latency_jobs: Option<usize>,
+    /// Jobs for the peer in each mode (default 6,000, quick 2,000).
+    #[arg(long)]
+    pub peer_jobs: Option<usize>,
+    /// Jobs in flight in latency mode.
+    #[arg(long, default_value_t = 2000)]
+    pub in_flight: usize,
+    /// The peer's concurrency in overhead mode.
+    #[arg(long, default_value_t = 200)]
+    pub peer_concurrency: usize,
+    /// Pipeline folder.
+    #[arg(long, default_value = "pipelines/support-triage")]
+    pub pipeline: PathBuf,
 }
 
 /// `switchyard dlq …`.
@@ -403,6 +435,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Models(a) => models(a),
         Command::LedgerSink(a) => ledger_sink(a).await,
         Command::Chaos(a) => chaos(a).await,
+        Command::Bench(a) => bench(a).await,
         Command::Tail(a) => tail(a).await,
         Command::Dlq {
             command: DlqCommand::List(a),
@@ -686,6 +719,34 @@ async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     if report.lost > 0 {
         anyhow::bail!("{} jobs were lost", report.lost);
     }
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("cannot tell where the switchyard binary is"))?;
+    let pick = |given: Option<usize>, full: usize, quick: usize| {
+        given.unwrap_or(if a.quick { quick } else { full })
+    };
+    let report = crate::bench::run_bench(crate::bench::BenchOptions {
+        bin_dir,
+        pipeline: locate(&a.pipeline),
+        peer: a
+            .peer
+            .as_deref()
+            .map(|p| p.split_whitespace().map(str::to_string).collect()),
+        jobs: pick(a.jobs, 100_000, 20_000),
+        latency_jobs: pick(a.latency_jobs, 60_000, 20_000),
+        peer_jobs: pick(a.peer_jobs, 6_000, 2_000),
+        in_flight: a.in_flight,
+        peer_concurrency: a.peer_concurrency,
+    })
+    .await?;
+    print!("{}", report.table());
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! stage's topic, or dead-letter. Nothing is dropped: every job ends on the results topic or
 //! the dead-letter topic with its reason.
 
+pub mod bench;
 pub mod broker;
 pub mod catalog;
 pub mod chaos;

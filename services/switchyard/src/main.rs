@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// Every job allocates many small, short-lived buffers (JSON values, prompts, request bodies)
+// across threads; mimalloc serves them with less CPU than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = switchyard::cli::Cli::parse();

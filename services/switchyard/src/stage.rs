@@ -66,6 +66,10 @@ pub struct StageRunner {
     prompts: Prompts,
     validator: Validator,
     schema_text: String,
+    /// The output schema as JSON text, put into every request body as it is.
+    schema_raw: Box<serde_json::value::RawValue>,
+    /// The name the schema goes by in requests.
+    schema_name: String,
     providers: Arc<ProviderSet>,
     tenants: Option<Arc<std::collections::BTreeMap<String, Tenant>>>,
 }
@@ -117,12 +121,21 @@ impl StageRunner {
                 }
             })?;
         let schema_text = stage.output_schema.to_string();
+        let schema_raw = serde_json::value::RawValue::from_string(schema_text.clone()).map_err(
+            |e| StageError::Schema {
+                stage: stage.name.clone(),
+                message: e.to_string(),
+            },
+        )?;
+        let schema_name = schema_name(&stage.name);
         Ok(Self {
             stage,
             next,
             prompts,
             validator,
             schema_text,
+            schema_raw,
+            schema_name,
             providers,
             tenants,
         })
@@ -474,22 +487,18 @@ impl StageRunner {
         run: &mut Attempts,
     ) -> Result<Completion, (ProviderError, crate::limit::KeyId)> {
         let request = ChatRequest {
-            model: endpoint.model_id.clone(),
-            messages: messages.to_vec(),
-            json_schema: Some((
-                schema_name(&self.stage.name),
-                self.stage.output_schema.clone(),
-            )),
+            model: &endpoint.model_id,
+            messages,
+            json_schema: Some((&self.schema_name, &self.schema_raw)),
             native_schema: endpoint.json_schema,
             max_tokens: self.stage.route.max_tokens,
             temperature: self.stage.route.temperature,
             timeout: self.stage.route.timeout,
-            key: permit.secret.clone(),
+            key: permit.secret.as_ref(),
         };
         let started = Instant::now();
         let result = self.providers.call(&endpoint.provider, &request).await;
         let elapsed = started.elapsed();
-        drop(request);
         let (status, class, error, usage) = match &result {
             Ok(c) => {
                 let h = &self.providers.health;

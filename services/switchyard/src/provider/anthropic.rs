@@ -4,11 +4,14 @@
 
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::{
-    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, add_configured_headers,
-    failure, http_error, post_json,
+    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, WireMessage,
+    add_configured_headers, failure, http_error, post_json,
 };
 use crate::config::Provider;
 use crate::envelope::AttemptClass;
@@ -17,6 +20,36 @@ use crate::envelope::AttemptClass;
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires max_tokens; used when the stage sets none.
 const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// A Messages request body.
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[Tool<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoice<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Tool<'a> {
+    name: &'a str,
+    description: &'static str,
+    input_schema: &'a RawValue,
+}
+
+#[derive(Debug, Serialize)]
+struct ToolChoice<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+}
 
 /// The adapter.
 #[derive(Debug)]
@@ -37,49 +70,46 @@ impl Anthropic {
         }
     }
 
-    fn body(request: &ChatRequest) -> Value {
+    fn body<'a>(request: &ChatRequest<'a>) -> Body<'a> {
         let system: Vec<&str> = request
             .messages
             .iter()
             .filter(|m| m.role == Role::System)
             .map(|m| m.content.as_str())
             .collect();
-        let messages: Vec<Value> = request
-            .messages
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .map(|m| {
-                let role = if m.role == Role::Assistant {
-                    "assistant"
-                } else {
-                    "user"
-                };
-                json!({"role": role, "content": m.content})
-            })
-            .collect();
-        let mut body = json!({
-            "model": request.model,
-            "max_tokens": request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-            "messages": messages,
-        });
-        if !system.is_empty() {
-            body["system"] = json!(system.join("\n\n"));
+        Body {
+            model: request.model,
+            max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            messages: request
+                .messages
+                .iter()
+                .filter(|m| m.role != Role::System)
+                .map(|m| WireMessage {
+                    role: if m.role == Role::Assistant {
+                        "assistant"
+                    } else {
+                        "user"
+                    },
+                    content: &m.content,
+                })
+                .collect(),
+            system: (!system.is_empty()).then(|| system.join("\n\n")),
+            temperature: request.temperature,
+            tools: request.json_schema.map(|(name, input_schema)| {
+                [Tool {
+                    name,
+                    description: "Record the answer. Its input must follow the schema exactly.",
+                    input_schema,
+                }]
+            }),
+            tool_choice: request.json_schema.map(|(name, _)| ToolChoice {
+                kind: "tool",
+                name,
+            }),
         }
-        if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some((name, schema)) = &request.json_schema {
-            body["tools"] = json!([{
-                "name": name,
-                "description": "Record the answer. Its input must follow the schema exactly.",
-                "input_schema": schema,
-            }]);
-            body["tool_choice"] = json!({"type": "tool", "name": name});
-        }
-        body
     }
 
-    fn headers(&self, request: &ChatRequest) -> HeaderMap {
+    fn headers(&self, request: &ChatRequest<'_>) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         if let Some(key) = &request.key
@@ -92,7 +122,7 @@ impl Anthropic {
         h
     }
 
-    async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
+    async fn send(&self, request: &ChatRequest<'_>) -> Result<Completion, ProviderError> {
         let reply = post_json(
             &self.http,
             &self.url,
@@ -190,7 +220,7 @@ impl Anthropic {
 impl ProviderApi for Anthropic {
     fn complete<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         Box::pin(self.send(request))
     }
@@ -204,30 +234,36 @@ mod tests {
 
     #[test]
     fn system_prompt_is_top_level_and_the_schema_is_a_forced_tool() {
+        let messages = [
+            Message {
+                role: Role::System,
+                content: "be brief".into(),
+            },
+            Message {
+                role: Role::User,
+                content: "hi".into(),
+            },
+        ];
+        let schema = RawValue::from_string(r#"{"type": "object"}"#.into()).unwrap();
         let r = ChatRequest {
-            model: "claude".into(),
-            messages: vec![
-                Message {
-                    role: Role::System,
-                    content: "be brief".into(),
-                },
-                Message {
-                    role: Role::User,
-                    content: "hi".into(),
-                },
-            ],
-            json_schema: Some(("triage_output".into(), json!({"type": "object"}))),
+            model: "claude",
+            messages: &messages,
+            json_schema: Some(("triage_output", &schema)),
             native_schema: true,
             max_tokens: None,
             temperature: Some(0.0),
             timeout: Duration::from_secs(1),
             key: None,
         };
-        let b = Anthropic::body(&r);
+        let b: Value =
+            serde_json::from_slice(&serde_json::to_vec(&Anthropic::body(&r)).unwrap()).unwrap();
         assert_eq!(b["system"], "be brief");
         assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+        assert_eq!(b["messages"][0]["role"], "user");
         assert_eq!(b["max_tokens"], 1024);
         assert_eq!(b["tools"][0]["name"], "triage_output");
+        assert_eq!(b["tools"][0]["input_schema"]["type"], "object");
+        assert_eq!(b["tool_choice"]["type"], "tool");
         assert_eq!(b["tool_choice"]["name"], "triage_output");
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::{ApiFamily, Provider};
 use crate::envelope::AttemptClass;
@@ -34,15 +35,35 @@ pub struct Message {
     pub content: String,
 }
 
-/// A provider-neutral request.
-#[derive(Debug, Clone)]
-pub struct ChatRequest {
+/// One message as both API families put it on the wire.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct WireMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
+impl Role {
+    /// The role's name on the wire.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// A provider-neutral request. It borrows everything: a job's prompt and the stage's schema
+/// are serialized straight into the request body, never copied per attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatRequest<'a> {
     /// The provider's id for the model.
-    pub model: String,
+    pub model: &'a str,
     /// The conversation.
-    pub messages: Vec<Message>,
-    /// Ask for JSON conforming to this schema (name, schema), where the model supports it.
-    pub json_schema: Option<(String, Value)>,
+    pub messages: &'a [Message],
+    /// Ask for JSON conforming to this schema (name, schema as JSON text), where the model
+    /// supports it.
+    pub json_schema: Option<(&'a str, &'a RawValue)>,
     /// Whether the model takes `response_format: json_schema` (else JSON mode is asked for).
     pub native_schema: bool,
     /// Upper bound on completion tokens.
@@ -52,7 +73,7 @@ pub struct ChatRequest {
     /// Time limit for the whole call.
     pub timeout: Duration,
     /// The key to send (none for keyless servers).
-    pub key: Option<crate::secret::Secret>,
+    pub key: Option<&'a crate::secret::Secret>,
 }
 
 /// Token counts as the provider reported them.
@@ -102,7 +123,7 @@ pub trait ProviderApi: Send + Sync + std::fmt::Debug {
     /// Sends one request.
     fn complete<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<Completion, ProviderError>>;
 }
 
@@ -231,7 +252,7 @@ pub(crate) struct Reply {
     pub retry_after: Option<Duration>,
     /// The body, parsed as JSON when it is.
     pub json: Option<Value>,
-    /// The body as text (for errors that are not JSON).
+    /// The body as text, kept for error replies and bodies that are not JSON.
     pub text: String,
 }
 
@@ -258,7 +279,7 @@ pub(crate) async fn post_json(
     http: &reqwest::Client,
     url: &str,
     headers: reqwest::header::HeaderMap,
-    body: &Value,
+    body: &impl serde::Serialize,
     timeout: Duration,
     provider: &Provider,
 ) -> Result<Reply, ProviderError> {
@@ -301,11 +322,18 @@ pub(crate) async fn post_json(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let bytes = response.bytes().await.map_err(transport)?;
+    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+    // The text is only read for errors; a successful JSON reply skips the copy.
+    let text = if json.is_none() || !(200..300).contains(&status) {
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        String::new()
+    };
     Ok(Reply {
         status,
         retry_after,
-        json: serde_json::from_slice(&bytes).ok(),
-        text: String::from_utf8_lossy(&bytes).into_owned(),
+        json,
+        text,
     })
 }
 
@@ -401,7 +429,7 @@ impl ProviderSet {
     pub async fn call(
         &self,
         provider: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<Completion, ProviderError> {
         let Some(adapter) = self.adapters.get(provider) else {
             return Err(ProviderError {

@@ -3,14 +3,44 @@
 
 use futures::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::{
-    ChatRequest, Completion, ProviderApi, ProviderError, Role, Usage, add_configured_headers,
-    failure, http_error, post_json,
+    ChatRequest, Completion, ProviderApi, ProviderError, Usage, WireMessage,
+    add_configured_headers, failure, http_error, post_json,
 };
 use crate::config::Provider;
 use crate::envelope::AttemptClass;
+
+/// A chat-completions request body.
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat<'a> {
+    JsonSchema { json_schema: JsonSchemaFormat<'a> },
+    JsonObject,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonSchemaFormat<'a> {
+    name: &'a str,
+    strict: bool,
+    schema: &'a RawValue,
+}
 
 /// The adapter.
 #[derive(Debug)]
@@ -34,37 +64,36 @@ impl OpenAiCompatible {
         }
     }
 
-    fn body(request: &ChatRequest) -> Value {
-        let messages: Vec<Value> = request
-            .messages
-            .iter()
-            .map(|m| {
-                let role = match m.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                json!({"role": role, "content": m.content})
-            })
-            .collect();
-        let mut body = json!({"model": request.model, "messages": messages});
-        if let Some((name, schema)) = &request.json_schema {
-            body["response_format"] = if request.native_schema {
-                json!({"type": "json_schema", "json_schema": {"name": name, "strict": true, "schema": schema}})
-            } else {
-                json!({"type": "json_object"})
-            };
+    fn body<'a>(request: &ChatRequest<'a>) -> Body<'a> {
+        Body {
+            model: request.model,
+            messages: request
+                .messages
+                .iter()
+                .map(|m| WireMessage {
+                    role: m.role.wire_name(),
+                    content: &m.content,
+                })
+                .collect(),
+            response_format: request.json_schema.map(|(name, schema)| {
+                if request.native_schema {
+                    ResponseFormat::JsonSchema {
+                        json_schema: JsonSchemaFormat {
+                            name,
+                            strict: true,
+                            schema,
+                        },
+                    }
+                } else {
+                    ResponseFormat::JsonObject
+                }
+            }),
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
         }
-        if let Some(t) = request.max_tokens {
-            body["max_tokens"] = json!(t);
-        }
-        if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
-        }
-        body
     }
 
-    fn headers(&self, request: &ChatRequest) -> HeaderMap {
+    fn headers(&self, request: &ChatRequest<'_>) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(key) = &request.key
             && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
@@ -76,7 +105,7 @@ impl OpenAiCompatible {
         h
     }
 
-    async fn send(&self, request: &ChatRequest) -> Result<Completion, ProviderError> {
+    async fn send(&self, request: &ChatRequest<'_>) -> Result<Completion, ProviderError> {
         let reply = post_json(
             &self.http,
             &self.url,
@@ -161,7 +190,7 @@ pub fn redacted_url(url: &str) -> String {
 impl ProviderApi for OpenAiCompatible {
     fn complete<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         Box::pin(self.send(request))
     }
@@ -195,34 +224,43 @@ fn usage(body: &Value) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use crate::provider::Message;
     use std::time::Duration;
 
     #[test]
     fn body_asks_for_the_schema_natively_or_json_mode() {
+        let messages = [Message {
+            role: crate::provider::Role::User,
+            content: "hi".into(),
+        }];
+        let schema = RawValue::from_string(r#"{"type": "object"}"#.into()).unwrap();
         let mut r = ChatRequest {
-            model: "m".into(),
-            messages: vec![Message {
-                role: Role::User,
-                content: "hi".into(),
-            }],
-            json_schema: Some(("out".into(), json!({"type": "object"}))),
+            model: "m",
+            messages: &messages,
+            json_schema: Some(("out", &schema)),
             native_schema: true,
             max_tokens: Some(10),
             temperature: None,
             timeout: Duration::from_secs(1),
             key: None,
         };
-        let b = OpenAiCompatible::body(&r);
+        let wire = |r: &ChatRequest<'_>| -> Value {
+            serde_json::from_slice(&serde_json::to_vec(&OpenAiCompatible::body(r)).unwrap())
+                .unwrap()
+        };
+        let b = wire(&r);
+        assert_eq!(b["model"], "m");
+        assert_eq!(b["messages"][0]["role"], "user");
+        assert_eq!(b["messages"][0]["content"], "hi");
         assert_eq!(b["response_format"]["type"], "json_schema");
         assert_eq!(b["response_format"]["json_schema"]["strict"], true);
+        assert_eq!(b["response_format"]["json_schema"]["name"], "out");
+        assert_eq!(b["response_format"]["json_schema"]["schema"]["type"], "object");
         assert_eq!(b["max_tokens"], 10);
         assert!(b.get("temperature").is_none());
         r.native_schema = false;
-        assert_eq!(
-            OpenAiCompatible::body(&r)["response_format"]["type"],
-            "json_object"
-        );
+        assert_eq!(wire(&r)["response_format"], json!({"type": "json_object"}));
     }
 
     #[test]
