@@ -7,7 +7,7 @@ cost, jinja2 for the prompts and jsonschema for validation.
 
   python peer.py --brokers HOST:PORT --intake TOPIC --results TOPIC --dlq TOPIC \
       --sim-url http://127.0.0.1:PORT --pipeline pipelines/support-triage \
-      --catalog pipelines/catalog.yaml --concurrency 200 [--group peer]
+      --catalog pipelines/catalog.yaml --concurrency 200 [--group peer] [--provider-suffix -slow]
 
 It runs until SIGTERM or SIGINT, then stops consuming, finishes the jobs in flight, flushes the
 producer, commits and prints one JSON line of counters to stdout.
@@ -159,7 +159,7 @@ def load_stages(pipeline_dir: Path) -> tuple[str, list[Stage]]:
     return spec["name"], stages
 
 
-def build_router(catalog_path: Path, sim_url: str, stages: list[Stage]) -> Router:
+def build_router(catalog_path: Path, sim_url: str, stages: list[Stage], provider_suffix: str = "") -> Router:
     catalog = yaml.safe_load(catalog_path.read_text())
     model_list = []
     for model, spec in catalog["models"].items():
@@ -170,7 +170,7 @@ def build_router(catalog_path: Path, sim_url: str, stages: list[Stage]) -> Route
                     "model_name": model,
                     "litellm_params": {
                         "model": f"openai/{model}",
-                        "api_base": f"{sim_url.rstrip('/')}/{provider}/v1",
+                        "api_base": f"{sim_url.rstrip('/')}/{provider}{provider_suffix}/v1",
                         "api_key": "sk-peer",
                     },
                     "model_info": {
@@ -282,7 +282,7 @@ class Peer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.pipeline_name, self.stages = load_stages(Path(args.pipeline))
-        self.router = build_router(Path(args.catalog), args.sim_url, self.stages)
+        self.router = build_router(Path(args.catalog), args.sim_url, self.stages, args.provider_suffix)
         intake_schema = json.loads((Path(args.schemas) / "intake.schema.json").read_text())
         self.intake_validator = jsonschema.Draft202012Validator(intake_schema)
         self.counters = Counters()
@@ -672,13 +672,23 @@ def main() -> int:
     p.add_argument("--results", required=True)
     p.add_argument("--dlq", required=True)
     p.add_argument("--sim-url", required=True, help="llm-sim root, e.g. http://127.0.0.1:8089")
+    p.add_argument(
+        "--provider-suffix",
+        default="",
+        help="appended to each provider's path on the simulator (switchyard bench's slow providers: -slow)",
+    )
     p.add_argument("--pipeline", required=True, help="pipeline folder (with pipeline.yaml)")
     p.add_argument("--catalog", required=True)
     p.add_argument("--schemas", default=str(here.parent.parent / "schemas"), help="folder with intake.schema.json")
     p.add_argument("--concurrency", type=int, default=200, help="jobs in flight at most")
     p.add_argument("--group", default="peer")
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    # argparse takes "-slow" for an option; accept `--provider-suffix -slow` as well as `=-slow`.
+    if "--provider-suffix" in argv[:-1]:
+        i = argv.index("--provider-suffix")
+        argv[i : i + 2] = [f"--provider-suffix={argv[i + 1]}"]
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

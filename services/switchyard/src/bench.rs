@@ -54,6 +54,8 @@ pub struct BenchOptions {
     pub in_flight: usize,
     /// The peer's concurrency in overhead mode.
     pub peer_concurrency: usize,
+    /// Extra `-X key=value` options for the `switchyard run` processes.
+    pub kafka_options: Vec<String>,
 }
 
 /// Figures of one implementation in one mode.
@@ -404,6 +406,7 @@ async fn collect(
     let mut seen = HashSet::with_capacity(expected);
     let mut times = Vec::with_capacity(expected);
     let mut dead = 0;
+    let mut call_ms: Vec<u64> = Vec::new();
     while seen.len() < expected {
         let m = match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => break,
@@ -414,22 +417,38 @@ async fn collect(
             Ok(Ok(m)) => m,
         };
         #[derive(serde::Deserialize)]
+        struct CallTime {
+            latency_ms: u64,
+        }
+        #[derive(serde::Deserialize)]
         struct Id {
             job_id: Option<String>,
+            #[serde(default)]
+            attempts: Vec<CallTime>,
         }
-        let Some(id) = m
+        let Some(out) = m
             .payload()
             .and_then(|p| serde_json::from_slice::<Id>(p).ok())
-            .and_then(|i| i.job_id)
         else {
             continue;
         };
+        let Some(id) = out.job_id else {
+            continue;
+        };
+        call_ms.extend(out.attempts.iter().map(|a| a.latency_ms));
         if seen.insert(id) {
             times.push(m.timestamp().to_millis().unwrap_or_else(epoch_ms));
             if m.topic() == topics.dlq {
                 dead += 1;
             }
         }
+    }
+    if !call_ms.is_empty() {
+        let mean = call_ms.iter().sum::<u64>() as f64 / call_ms.len() as f64;
+        eprintln!(
+            "bench: {} LLM calls seen in outputs, mean {mean:.0} ms as the caller timed them",
+            call_ms.len()
+        );
     }
     Ok((times, dead))
 }
@@ -560,6 +579,9 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             .arg(dir)
             .args(["--brokers", &bootstrap, "-X", "session.timeout.ms=6000"])
             .env("SWITCHYARD_LOG", "error");
+        for o in &options.kafka_options {
+            c.args(["-X", o]);
+        }
         if slow {
             c.env(
                 "SWITCHYARD_PROVIDER_SIMCLOUD_URL",

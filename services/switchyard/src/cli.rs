@@ -156,6 +156,9 @@ pub struct BenchArgs {
     /// Pipeline folder.
     #[arg(long, default_value = "pipelines/support-triage")]
     pub pipeline: PathBuf,
+    /// Extra librdkafka options for the `switchyard run` processes (tuning experiments).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
 }
 
 /// `switchyard dlq …`.
@@ -743,6 +746,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         peer_jobs: pick(a.peer_jobs, 6_000, 2_000),
         in_flight: a.in_flight,
         peer_concurrency: a.peer_concurrency,
+        kafka_options: a.kafka_options,
     })
     .await?;
     print!("{}", report.table());

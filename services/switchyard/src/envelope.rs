@@ -146,6 +146,17 @@ pub enum EscalationReason {
     SchemaInvalid,
 }
 
+impl EscalationReason {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationReason::LowConfidence => "low_confidence",
+            EscalationReason::Rule => "rule",
+            EscalationReason::SchemaInvalid => "schema_invalid",
+        }
+    }
+}
+
 /// One hand-off from a stage to the next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EscalationStep {
@@ -436,6 +447,10 @@ pub fn compile_schema(schema: &Value) -> Result<Validator, String> {
 
 /// Every validation error as `path: message`, at most `limit` of them.
 pub fn validation_errors(validator: &Validator, value: &Value, limit: usize) -> Vec<String> {
+    // The common case, valid, short-circuits without building error values.
+    if validator.is_valid(value) {
+        return Vec::new();
+    }
     validator
         .iter_errors(value)
         .take(limit)
@@ -464,6 +479,17 @@ mod tests {
     fn intake() -> Value {
         json!({"job_id": "j-1", "tenant": "acme", "pipeline": "p", "payload": {"text": "hi"},
                "created_at": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn escalation_reason_names_match_their_serialized_form() {
+        for r in [
+            EscalationReason::LowConfidence,
+            EscalationReason::Rule,
+            EscalationReason::SchemaInvalid,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
+        }
     }
 
     #[test]

@@ -65,12 +65,13 @@ impl Prompts {
         escalations: &[EscalationStep],
         output_schema: &str,
     ) -> Result<Rendered, minijinja::Error> {
-        let ctx = Context {
+        // Converted once for both templates.
+        let ctx = minijinja::Value::from_serialize(Context {
             job,
             escalations,
             last_escalation: escalations.last(),
             output_schema,
-        };
+        });
         let user = self.env.get_template("user")?.render(&ctx)?;
         let system = if self.has_system {
             Some(self.env.get_template("system")?.render(&ctx)?)

@@ -4,8 +4,9 @@
 //!
 //! Guarantees kept here: auto offset store is off; an offset is stored only when it and every
 //! earlier offset of its partition have an acknowledged output ([`watermark`]); partitions pause
-//! when their in-flight cap (or the stage's) is reached, while polling continues so the group
-//! membership stays alive; on a revoke, in-flight work of the revoked partitions gets a bounded
+//! when their in-flight cap is reached; at the stage's cap no further message is taken (the
+//! backlog waits in librdkafka's bounded prefetch queue) and, after a few seconds there, every
+//! partition pauses so that polling (and group membership) continues; on a revoke, in-flight work of the revoked partitions gets a bounded
 //! time to finish, then the final offsets are committed synchronously; on shutdown, fetching
 //! stops, in-flight jobs finish (up to a deadline) and offsets are committed before exit.
 
@@ -34,6 +35,7 @@ use crate::envelope::{
     Source, now, validation_errors,
 };
 use crate::kafka::KafkaSettings;
+use crate::ledger::{LedgerJob, LedgerRecord};
 use crate::output::{Envelope, Output, PublishError};
 use crate::stage::{Outcome, StageRunner};
 use watermark::{Caps, Ticket, Watermarks};
@@ -269,8 +271,13 @@ pub async fn run_stage(
     let stage = shared.runner.stage.name.clone();
     let topic = shared.runner.stage.input_topic.clone();
     let conc = &shared.pipeline.concurrency;
+    // The stage's cap is kept by not taking the next message while it is reached (below), so
+    // librdkafka's bounded prefetch queue holds the backlog; pausing every partition at the cap
+    // would drop that prefetch and re-fetch it each time a job finishes. Partitions still pause
+    // at their own cap.
+    let stage_cap = conc.max_in_flight.max(1);
     let tracker: Tracker = Arc::new(Mutex::new(Watermarks::new(Caps {
-        total: conc.max_in_flight,
+        total: usize::MAX,
         per_partition: conc.max_in_flight_per_partition,
     })));
     // Jobs keep running (and publishing) for a while after shutdown is asked for; they stop
@@ -305,12 +312,32 @@ pub async fn run_stage(
         shared.pipeline.ordering == crate::config::Ordering::Key && shared.runner.stage.index == 0;
     let mut chains: HashMap<String, futures::future::Shared<tokio::sync::oneshot::Receiver<()>>> =
         HashMap::new();
+    // Since when the stage has been at its cap.
+    let mut full_since: Option<Instant> = None;
     loop {
+        let (full, held) = {
+            let mut t = lock(&tracker);
+            let full = t.in_flight() >= stage_cap;
+            if !full {
+                full_since = None;
+            }
+            let since = *full_since.get_or_insert_with(Instant::now);
+            // At the cap for long (every job slow or waiting for capacity): pause every
+            // partition and poll again, so rebalances are served and the member stays in its
+            // group; partitions resume at the low mark.
+            if full && !t.is_held() && since.elapsed() >= STAGE_HOLD_AFTER {
+                let pause = t.hold(stage_cap);
+                set_paused(&consumer, &topic, &pause, true);
+            }
+            (full, t.is_held())
+        };
+        let take = !full || held;
         let message = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            m = consumer.recv() => m,
+            m = consumer.recv(), if take => m,
+            _ = tokio::time::sleep(Duration::from_millis(100)), if !take => continue,
         };
         let m = match message {
             Ok(m) => m,
@@ -402,6 +429,10 @@ pub async fn run_stage(
     drop(consumer);
     Ok(())
 }
+
+/// How long a stage may sit at its in-flight cap without polling its consumer before it pauses
+/// every partition and polls again.
+const STAGE_HOLD_AFTER: Duration = Duration::from_secs(5);
 
 fn commit_final(consumer: &StageConsumer, tracker: &Tracker, topic: &str, stage: &str) {
     let mut tpl = TopicPartitionList::new();
@@ -520,22 +551,31 @@ impl JobTask {
 /// Turns one input message into the envelope(s) to publish. Never fails: anything that cannot
 /// be done becomes a dead letter with the reason.
 pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope> {
-    let (mut outputs, attempts, job) = outputs(shared, received).await;
-    let ledger = ledger_records(shared, received, &outputs, attempts, job.as_ref());
+    let (mut outputs, attempts, job, result_record) = outputs(shared, received).await;
+    let ledger = ledger_records(
+        shared,
+        received,
+        &outputs,
+        attempts,
+        job.as_ref(),
+        result_record,
+    );
     outputs.extend(ledger);
     outputs
 }
 
 /// The ledger records for one processed message: this stage's attempts, and the job's final
-/// outcome when this message ended it (read back from the result or dead letter built).
+/// outcome when this message ended it (`result_record` for a result, read back from the dead
+/// letter built otherwise).
 fn ledger_records(
     shared: &StageShared,
     received: &Received,
     outputs: &[Envelope],
     attempts: Vec<crate::envelope::Attempt>,
     job: Option<&Intake>,
+    mut result_record: Option<LedgerJob>,
 ) -> Vec<Envelope> {
-    use crate::ledger::{LedgerAttempt, LedgerJob, LedgerRecord};
+    use crate::ledger::LedgerAttempt;
     let pipeline = &shared.pipeline;
     let at = now();
     let (job_id, tenant) = match job {
@@ -562,34 +602,12 @@ fn ledger_records(
             })
         })
         .collect();
-    let reasons = |steps: &[EscalationStep]| -> Vec<String> {
-        steps
-            .iter()
-            .filter_map(|s| {
-                serde_json::to_value(s.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-            })
-            .collect()
-    };
     for out in outputs {
         let record = if out.topic == pipeline.topics.results {
-            serde_json::from_slice::<JobResult>(&out.payload)
-                .ok()
-                .map(|r| LedgerJob {
-                    job_id: r.job_id,
-                    tenant: r.tenant,
-                    pipeline: r.pipeline,
-                    outcome: "result".into(),
-                    stage: r.stage,
-                    reason: None,
-                    escalated: !r.escalations.is_empty(),
-                    escalation_reasons: reasons(&r.escalations),
-                    needs_review: r.needs_review,
-                    cost_micro_usd: r.cost_micro_usd.0,
-                    latency_ms: Some(r.latency_ms),
-                    at,
-                })
+            result_record.take().map(|mut r| {
+                r.at = at;
+                r
+            })
         } else if out.topic == pipeline.topics.dlq {
             serde_json::from_slice::<DeadLetter>(&out.payload)
                 .ok()
@@ -601,7 +619,7 @@ fn ledger_records(
                     stage: d.stage,
                     reason: Some(d.reason.as_str().to_string()),
                     escalated: !d.escalations.is_empty(),
-                    escalation_reasons: reasons(&d.escalations),
+                    escalation_reasons: escalation_reasons(&d.escalations),
                     needs_review: false,
                     cost_micro_usd: d.attempts.iter().map(|a| a.cost_micro_usd.0).sum(),
                     latency_ms: None,
@@ -623,7 +641,35 @@ fn ledger_records(
         .collect()
 }
 
-type Outputs = (Vec<Envelope>, Vec<crate::envelope::Attempt>, Option<Intake>);
+/// Every escalation's reason, by name.
+fn escalation_reasons(steps: &[EscalationStep]) -> Vec<String> {
+    steps.iter().map(|s| s.reason.as_str().to_string()).collect()
+}
+
+/// The ledger's record of a job that ended with `result`.
+fn result_ledger_job(r: &JobResult) -> LedgerJob {
+    LedgerJob {
+        job_id: r.job_id.clone(),
+        tenant: r.tenant.clone(),
+        pipeline: r.pipeline.clone(),
+        outcome: "result".into(),
+        stage: r.stage.clone(),
+        reason: None,
+        escalated: !r.escalations.is_empty(),
+        escalation_reasons: escalation_reasons(&r.escalations),
+        needs_review: r.needs_review,
+        cost_micro_usd: r.cost_micro_usd.0,
+        latency_ms: Some(r.latency_ms),
+        at: r.completed_at,
+    }
+}
+
+type Outputs = (
+    Vec<Envelope>,
+    Vec<crate::envelope::Attempt>,
+    Option<Intake>,
+    Option<LedgerJob>,
+);
 
 async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
     let stage = &shared.runner.stage;
@@ -652,6 +698,7 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
             return (
                 vec![dead_letter_envelope(shared, &dl, received)],
                 Vec::new(),
+                None,
                 None,
             );
         }
@@ -683,6 +730,7 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
         .key
         .clone()
         .unwrap_or_else(|| job.job_id.clone());
+    let mut result_record = None;
     let outs = match run.outcome {
         Outcome::Accept {
             output,
@@ -716,6 +764,7 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
                 &stage.name,
                 None,
             );
+            result_record = Some(result_ledger_job(&result));
             checked(shared, &shared.schemas.result, env, &result, received)
         }
         Outcome::Escalate(step) => {
@@ -735,14 +784,14 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
                     vec![dead_letter_envelope(shared, &dl, received)],
                     this_stage,
                     Some(job),
+                    None,
                 );
             };
             let mut escalations = history;
             escalations.push(step);
             let reason = escalations
                 .last()
-                .and_then(|s| serde_json::to_value(s.reason).ok())
-                .and_then(|v| v.as_str().map(str::to_string))
+                .map(|s| s.reason.as_str().to_string())
                 .unwrap_or_default();
             let esc = Escalation {
                 job: job.clone(),
@@ -766,7 +815,7 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
             vec![dead_letter_envelope(shared, &dl, received)]
         }
     };
-    (outs, this_stage, Some(job))
+    (outs, this_stage, Some(job), result_record)
 }
 
 type Input = (Intake, Vec<EscalationStep>, Vec<crate::envelope::Attempt>);

@@ -66,6 +66,9 @@ pub struct Watermarks {
     partitions: BTreeMap<i32, Partition>,
     total: usize,
     next_generation: u64,
+    /// Set by [`Watermarks::hold`]: every partition paused until in-flight work drops to the
+    /// low mark of this cap.
+    held: Option<usize>,
 }
 
 impl Watermarks {
@@ -79,6 +82,7 @@ impl Watermarks {
             partitions: BTreeMap::new(),
             total: 0,
             next_generation: 1,
+            held: None,
         }
     }
 
@@ -175,10 +179,31 @@ impl Watermarks {
         self.resume_due()
     }
 
+    /// Pauses every partition until in-flight work drops to the low mark of `cap`; returns the
+    /// partitions to pause. For a stage that has been at its cap for long: its consumer can
+    /// then keep polling (serving rebalances) without taking more work.
+    pub fn hold(&mut self, cap: usize) -> Vec<i32> {
+        self.held = Some(cap.max(1));
+        let mut out = Vec::new();
+        for (id, p) in self.partitions.iter_mut() {
+            if !p.paused {
+                p.paused = true;
+                out.push(*id);
+            }
+        }
+        out
+    }
+
+    /// Whether [`Watermarks::hold`] is in force.
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Forgets every partition (at close), so nothing waits on abandoned jobs.
     pub fn clear(&mut self) {
         self.partitions.clear();
         self.total = 0;
+        self.held = None;
     }
 
     /// Records that the consumer stored `offset` itself (e.g. before a final commit).
@@ -201,14 +226,23 @@ impl Watermarks {
         out
     }
 
+    /// Paused partitions resume only once an eighth of a cap is free again: librdkafka drops a
+    /// partition's prefetched messages when it pauses, so resuming at the first free slot
+    /// would pause, drop and re-fetch once per finished job.
     fn resume_due(&mut self) -> Vec<i32> {
-        if self.total >= self.caps.total {
+        let low = |cap: usize| cap - (cap / 8).max(1);
+        if self.total > low(self.caps.total) {
             return Vec::new();
         }
-        let cap = self.caps.per_partition;
+        match self.held {
+            Some(cap) if self.total > low(cap) => return Vec::new(),
+            Some(_) => self.held = None,
+            None => {}
+        }
+        let per_partition = low(self.caps.per_partition);
         let mut out = Vec::new();
         for (id, p) in self.partitions.iter_mut() {
-            if p.paused && p.in_flight.len() < cap {
+            if p.paused && p.in_flight.len() <= per_partition {
                 p.paused = false;
                 out.push(*id);
             }
@@ -273,6 +307,28 @@ mod tests {
         let (t, pause) = w.start(1, 0).unwrap();
         assert_eq!(pause, vec![0, 1]);
         assert_eq!(w.finish(t).resume, vec![0, 1]);
+    }
+
+    #[test]
+    fn paused_partitions_resume_once_an_eighth_of_the_cap_is_free() {
+        let mut w = wm(16, 100);
+        let tickets: Vec<Ticket> = (0..16).map(|o| w.start(0, o).unwrap().0).collect();
+        assert_eq!(w.in_flight(), 16);
+        // One slot free: still paused (resuming now would thrash).
+        assert!(w.finish(tickets[0]).resume.is_empty());
+        // Two free (16 - 16/8 = 14 in flight): resume.
+        assert_eq!(w.finish(tickets[1]).resume, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_hold_pauses_everything_until_the_low_mark() {
+        let mut w = wm(usize::MAX, 100);
+        let tickets: Vec<Ticket> = (0..16).map(|o| w.start(1, o).unwrap().0).collect();
+        assert_eq!(w.hold(16), vec![0, 1]);
+        assert!(w.is_held());
+        assert!(w.finish(tickets[0]).resume.is_empty());
+        assert_eq!(w.finish(tickets[1]).resume, vec![0, 1]);
+        assert!(!w.is_held());
     }
 
     #[test]
