@@ -374,8 +374,14 @@ fn bench_profile() -> anyhow::Result<llm_sim::Profile> {
     Ok(profile)
 }
 
-/// The intake jobs of one run: the pipeline's sample tickets, cycled.
-fn jobs_for(pipeline: &Pipeline, run: &str, n: usize) -> anyhow::Result<Vec<Intake>> {
+/// The intake jobs of one run (for the pipeline named `pipeline_name`): the pipeline's sample
+/// tickets, cycled.
+fn jobs_for(
+    pipeline: &Pipeline,
+    pipeline_name: &str,
+    run: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Intake>> {
     let samples = crate::demo::sample_payloads(pipeline)?;
     if samples.is_empty() {
         bail!("the pipeline has no sample jobs");
@@ -384,7 +390,7 @@ fn jobs_for(pipeline: &Pipeline, run: &str, n: usize) -> anyhow::Result<Vec<Inta
         .map(|i| Intake {
             job_id: format!("{run}-{i:07}"),
             tenant: "bench".into(),
-            pipeline: run.to_string(),
+            pipeline: pipeline_name.to_string(),
             payload: samples[i % samples.len()].clone(),
             created_at: now(),
             metadata: Default::default(),
@@ -421,10 +427,16 @@ async fn collect(
             latency_ms: u64,
         }
         #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Attempts {
+            // Switchyard's envelopes list every attempt; the peer gives a count.
+            List(Vec<CallTime>),
+            Other(serde::de::IgnoredAny),
+        }
+        #[derive(serde::Deserialize)]
         struct Id {
             job_id: Option<String>,
-            #[serde(default)]
-            attempts: Vec<CallTime>,
+            attempts: Option<Attempts>,
         }
         let Some(out) = m
             .payload()
@@ -435,7 +447,9 @@ async fn collect(
         let Some(id) = out.job_id else {
             continue;
         };
-        call_ms.extend(out.attempts.iter().map(|a| a.latency_ms));
+        if let Some(Attempts::List(list)) = &out.attempts {
+            call_ms.extend(list.iter().map(|a| a.latency_ms));
+        }
         if seen.insert(id) {
             times.push(m.timestamp().to_millis().unwrap_or_else(epoch_ms));
             if m.topic() == topics.dlq {
@@ -464,16 +478,26 @@ async fn measure(
     mode: &str,
     command: &mut Command,
 ) -> anyhow::Result<RunFigures> {
-    let batch = jobs_for(pipeline, &topics.name, jobs)?;
+    // Switchyard runs a copy of the pipeline named after the run; the peer reads the original.
+    let name = if implementation == "peer" {
+        pipeline.name.as_str()
+    } else {
+        topics.name.as_str()
+    };
+    let batch = jobs_for(pipeline, name, &topics.name, jobs)?;
     produce_jobs(kafka, &topics.intake, &batch)
         .await
         .map_err(anyhow::Error::msg)?;
     drop(batch);
     eprintln!("bench: {implementation} {mode}: {jobs} jobs queued, starting");
     let started = Instant::now();
+    // The process's own output goes to stderr: stdout is for the report.
+    let stdout = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map_or_else(|_| Stdio::null(), Stdio::from);
     let child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start the {implementation} process"))?;
@@ -484,9 +508,15 @@ async fn measure(
     let wall = started.elapsed();
     let rss = peak_rss_mb(pid).unwrap_or(0.0);
     let samples = sampler.finish();
+    let mut proc = proc;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
+    // Let it stop on its own (it prints its own summary); killed after 15 s.
+    let stop_by = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < stop_by && matches!(proc.child.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(proc);
     let (jobs_per_s, cpu_us_per_job) = steady_state(&times, &samples);
     let figures = RunFigures {
