@@ -22,6 +22,39 @@ const WORDS: &[&str] = &[
     "request", "update", "issue", "support", "delay", "review",
 ];
 
+/// Oracle mode: puts the gold values into `answer` when `right`, else a wrong one — another
+/// value of the field's enum when it has one, else what was generated (never the gold).
+pub fn apply_gold(
+    answer: &mut Value,
+    schema: &Value,
+    gold: &Map<String, Value>,
+    right: bool,
+    rng: &mut StdRng,
+) {
+    let Some(obj) = answer.as_object_mut() else {
+        return;
+    };
+    for (field, value) in gold {
+        if right {
+            obj.insert(field.clone(), value.clone());
+            continue;
+        }
+        let others: Vec<&Value> = schema
+            .pointer(&format!("/properties/{field}/enum"))
+            .and_then(Value::as_array)
+            .map(|e| e.iter().filter(|v| *v != value).collect())
+            .unwrap_or_default();
+        if !others.is_empty() {
+            obj.insert(
+                field.clone(),
+                others[rng.random_range(0..others.len())].clone(),
+            );
+        } else if obj.get(field) == Some(value) {
+            obj.insert(field.clone(), Value::Null);
+        }
+    }
+}
+
 /// Generates a value that conforms to `schema`.
 pub fn conforming(schema: &Value, rng: &mut StdRng, style: AnswerStyle) -> Value {
     generate(schema, rng, style, None, 0)
@@ -202,6 +235,21 @@ mod tests {
                 "count": {"type": "integer", "minimum": 1, "maximum": 3}
             }
         })
+    }
+
+    #[test]
+    fn gold_is_put_in_when_right_and_another_enum_value_when_wrong() {
+        let s = schema();
+        let gold: Map<String, Value> = [("category".to_string(), json!("b"))].into();
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let mut v = conforming(&s, &mut rng, AnswerStyle { confidence: 0.5 });
+            apply_gold(&mut v, &s, &gold, true, &mut rng);
+            assert_eq!(v["category"], "b");
+            apply_gold(&mut v, &s, &gold, false, &mut rng);
+            assert_ne!(v["category"], "b");
+            assert!(["a", "c"].contains(&v["category"].as_str().unwrap()));
+        }
     }
 
     #[test]

@@ -475,16 +475,32 @@ async fn simulate(
         _ => {}
     }
 
+    // Oracle mode: the caller passed the gold answer. The model is right with probability
+    // equal to the confidence it reports, and that confidence is drawn around its accuracy:
+    // calibrated by construction, so the gate and the cascade can be measured against labels.
+    let oracle = oracle(headers);
+    let mean = if oracle.is_some() {
+        model.accuracy
+    } else {
+        model.confidence.mean
+    };
     let confidence = directives.confidence.unwrap_or_else(|| {
-        Normal::new(model.confidence.mean, model.confidence.spread.max(0.0))
+        Normal::new(mean, model.confidence.spread.max(0.0))
             .map(|d| d.sample(&mut rng))
-            .unwrap_or(model.confidence.mean)
+            .unwrap_or(mean)
             .clamp(0.01, 0.99)
     });
     let style = AnswerStyle { confidence };
     let mut content = match (&input.schema, fault) {
         (Some(s), Fault::SchemaViolation) => generate::violating(s, &mut rng, style).to_string(),
-        (Some(s), _) => generate::conforming(s, &mut rng, style).to_string(),
+        (Some(s), _) => {
+            let mut answer = generate::conforming(s, &mut rng, style);
+            if let Some(gold) = &oracle {
+                let right = rng.random::<f64>() < confidence;
+                generate::apply_gold(&mut answer, s, gold, right, &mut rng);
+            }
+            answer.to_string()
+        }
         (None, _) => format!("This is a simulated answer from {}.", input.model),
     };
     if fault == Fault::MalformedJson {
@@ -609,6 +625,17 @@ fn error(status: StatusCode, kind: &str, message: &str, retry_after: Option<u64>
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
+}
+
+/// The header that carries the gold answer in oracle mode (a JSON object of field values).
+pub const ORACLE_HEADER: &str = "x-sim-oracle";
+
+fn oracle(headers: &HeaderMap) -> Option<serde_json::Map<String, Value>> {
+    let text = headers.get(ORACLE_HEADER)?.to_str().ok()?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -512,6 +512,11 @@ pub struct ProviderFile {
     /// Extra headers sent with every request (not secrets: use api_key for those).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Job metadata entries sent as request headers of the same name, e.g. `x-sim-oracle`
+    /// (the gold answer, which only llm-sim reads) for `switchyard eval`. Empty for real
+    /// providers: metadata is never sent unless listed here.
+    #[serde(default)]
+    pub forward_metadata: Vec<String>,
 }
 
 /// One key of a provider, as written.
@@ -663,6 +668,8 @@ pub struct Provider {
     pub max_concurrency: Option<u32>,
     /// Extra headers.
     pub headers: BTreeMap<String, String>,
+    /// Job metadata entries sent as request headers.
+    pub forward_metadata: Vec<String>,
 }
 
 /// One resolved key of a provider.
@@ -1159,6 +1166,7 @@ impl Pipeline {
                     tpm: p.tpm,
                     max_concurrency: p.max_concurrency,
                     headers: p.headers.clone(),
+                    forward_metadata: p.forward_metadata.clone(),
                 },
             );
         }

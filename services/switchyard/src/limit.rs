@@ -417,6 +417,7 @@ mod tests {
             tpm: None,
             max_concurrency: None,
             headers: Default::default(),
+            forward_metadata: Vec::new(),
         }
     }
 

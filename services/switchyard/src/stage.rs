@@ -225,6 +225,7 @@ impl StageRunner {
         }
 
         let request = JobRequest {
+            metadata: &job.metadata,
             messages: &messages,
             needs: &needs,
             seed,
@@ -308,6 +309,7 @@ impl StageRunner {
         run: &mut Attempts,
     ) -> Attempted {
         let JobRequest {
+            metadata,
             messages,
             needs,
             seed,
@@ -385,7 +387,7 @@ impl StageRunner {
                         continue;
                     }
                 };
-                let result = self.call(endpoint, messages, false, permit, run).await;
+                let result = self.call(endpoint, messages, metadata, false, permit, run).await;
                 if !matches!(&result, Err((e, _)) if matches!(e.class, AttemptClass::Auth | AttemptClass::OutOfCredit))
                 {
                     called.push((endpoint.provider.clone(), endpoint.model.clone()));
@@ -451,7 +453,7 @@ impl StageRunner {
                 let Ok(permit) = self.capacity(endpoint, tokens, choice).await else {
                     continue;
                 };
-                match self.call(endpoint, &repair, true, permit, run).await {
+                match self.call(endpoint, &repair, metadata, true, permit, run).await {
                     Ok(second) => match self.check(&second.content) {
                         Ok(output) => return Attempted::Done(self.judge(output)),
                         Err(errors) => {
@@ -482,6 +484,7 @@ impl StageRunner {
         &self,
         endpoint: &Endpoint,
         messages: &[Message],
+        metadata: &std::collections::BTreeMap<String, String>,
         repair: bool,
         permit: Permit,
         run: &mut Attempts,
@@ -495,6 +498,7 @@ impl StageRunner {
             temperature: self.stage.route.temperature,
             timeout: self.stage.route.timeout,
             key: permit.secret.as_ref(),
+            metadata: Some(metadata),
         };
         let started = Instant::now();
         let result = self.providers.call(&endpoint.provider, &request).await;
@@ -606,6 +610,7 @@ impl StageRunner {
 /// What every attempt of one job in one stage shares.
 #[derive(Clone, Copy)]
 struct JobRequest<'a> {
+    metadata: &'a std::collections::BTreeMap<String, String>,
     messages: &'a [Message],
     needs: &'a Needs,
     seed: u64,

@@ -118,7 +118,7 @@ impl Anthropic {
             v.set_sensitive(true);
             h.insert("x-api-key", v);
         }
-        add_configured_headers(&mut h, &self.provider);
+        add_configured_headers(&mut h, &self.provider, request);
         h
     }
 
@@ -254,6 +254,7 @@ mod tests {
             temperature: Some(0.0),
             timeout: Duration::from_secs(1),
             key: None,
+            metadata: None,
         };
         let b: Value =
             serde_json::from_slice(&serde_json::to_vec(&Anthropic::body(&r)).unwrap()).unwrap();

@@ -74,6 +74,8 @@ pub struct ChatRequest<'a> {
     pub timeout: Duration,
     /// The key to send (none for keyless servers).
     pub key: Option<&'a crate::secret::Secret>,
+    /// The job's metadata; entries the provider lists in `forward_metadata` go out as headers.
+    pub metadata: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// Token counts as the provider reported them.
@@ -355,10 +357,24 @@ pub(crate) fn failure(
 }
 
 /// Adds the provider's configured extra headers.
-pub(crate) fn add_configured_headers(h: &mut reqwest::header::HeaderMap, provider: &Provider) {
+pub(crate) fn add_configured_headers(
+    h: &mut reqwest::header::HeaderMap,
+    provider: &Provider,
+    request: &ChatRequest<'_>,
+) {
     use reqwest::header::{HeaderName, HeaderValue};
     for (k, v) in &provider.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            h.insert(k, v);
+        }
+    }
+    let Some(metadata) = request.metadata else {
+        return;
+    };
+    for name in &provider.forward_metadata {
+        if let Some(v) = metadata.get(name)
+            && let (Ok(k), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(v))
+        {
             h.insert(k, v);
         }
     }

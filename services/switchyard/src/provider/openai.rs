@@ -101,7 +101,7 @@ impl OpenAiCompatible {
             v.set_sensitive(true);
             h.insert(AUTHORIZATION, v);
         }
-        add_configured_headers(&mut h, &self.provider);
+        add_configured_headers(&mut h, &self.provider, request);
         h
     }
 
@@ -244,6 +244,7 @@ mod tests {
             temperature: None,
             timeout: Duration::from_secs(1),
             key: None,
+            metadata: None,
         };
         let wire = |r: &ChatRequest<'_>| -> Value {
             serde_json::from_slice(&serde_json::to_vec(&OpenAiCompatible::body(r)).unwrap())
