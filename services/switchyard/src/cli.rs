@@ -46,6 +46,8 @@ pub enum Command {
     Chaos(ChaosArgs),
     /// Benchmark: Switchyard against a peer implementation on one broker and one simulator.
     Bench(BenchArgs),
+    /// Labelled jobs through the pipeline and through cheap-only and strong-only baselines.
+    Eval(EvalArgs),
     /// List or replay dead letters.
     Dlq {
         /// What to do.
@@ -124,6 +126,36 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "pipelines/support-triage")]
     pub pipeline: PathBuf,
     /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `switchyard eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Pipeline folder.
+    #[arg(long, default_value = "pipelines/support-triage")]
+    pub pipeline: PathBuf,
+    /// Labelled jobs, JSON lines `{"payload": {...}, "label": "..."}`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The output field compared with the label.
+    #[arg(long, default_value = "category")]
+    pub label_field: String,
+    /// Only the first N jobs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Call the providers of providers.yaml (keys from the environment) instead of the
+    /// in-process simulator in oracle mode.
+    #[arg(long)]
+    pub real_providers: bool,
+    /// Simulator latency scale (0 answers at once).
+    #[arg(long, default_value_t = 0.05)]
+    pub latency_scale: f64,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -439,6 +471,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::LedgerSink(a) => ledger_sink(a).await,
         Command::Chaos(a) => chaos(a).await,
         Command::Bench(a) => bench(a).await,
+        Command::Eval(a) => eval(a).await,
         Command::Tail(a) => tail(a).await,
         Command::Dlq {
             command: DlqCommand::List(a),
@@ -721,6 +754,27 @@ async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     }
     if report.lost > 0 {
         anyhow::bail!("{} jobs were lost", report.lost);
+    }
+    Ok(())
+}
+
+async fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let report = crate::eval::run_eval(crate::eval::EvalOptions {
+        pipeline: locate(&a.pipeline),
+        data: locate_file(&a.data),
+        label_field: a.label_field,
+        limit: a.limit,
+        real_providers: a.real_providers,
+        latency_scale: a.latency_scale,
+        seed: a.seed,
+        progress: !a.json,
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod envelope;
+pub mod eval;
 pub mod gate;
 pub mod health;
 pub mod intake;
