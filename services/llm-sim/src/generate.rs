@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn gold_is_put_in_when_right_and_another_enum_value_when_wrong() {
         let s = schema();
-        let gold: Map<String, Value> = [("category".to_string(), json!("b"))].into();
+        let gold: Map<String, Value> = [("category".to_string(), json!("b"))].into_iter().collect();
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..20 {
             let mut v = conforming(&s, &mut rng, AnswerStyle { confidence: 0.5 });

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, LogNormal, Normal};
+use rand_distr::{Beta, Distribution, LogNormal, Normal};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -479,16 +479,24 @@ async fn simulate(
     // equal to the confidence it reports, and that confidence is drawn around its accuracy:
     // calibrated by construction, so the gate and the cascade can be measured against labels.
     let oracle = oracle(headers);
-    let mean = if oracle.is_some() {
-        model.accuracy
-    } else {
-        model.confidence.mean
-    };
     let confidence = directives.confidence.unwrap_or_else(|| {
-        Normal::new(mean, model.confidence.spread.max(0.0))
-            .map(|d| d.sample(&mut rng))
-            .unwrap_or(mean)
-            .clamp(0.01, 0.99)
+        if oracle.is_some() {
+            // Beta around the model's accuracy, as a calibrated model's confidences spread:
+            // most answers sure, a tail of unsure ones.
+            let (a, b) = (
+                model.accuracy * ORACLE_CONCENTRATION,
+                (1.0 - model.accuracy) * ORACLE_CONCENTRATION,
+            );
+            Beta::new(a.max(1e-3), b.max(1e-3))
+                .map(|d| d.sample(&mut rng))
+                .unwrap_or(model.accuracy)
+                .clamp(0.01, 0.99)
+        } else {
+            Normal::new(model.confidence.mean, model.confidence.spread.max(0.0))
+                .map(|d| d.sample(&mut rng))
+                .unwrap_or(model.confidence.mean)
+                .clamp(0.01, 0.99)
+        }
     });
     let style = AnswerStyle { confidence };
     let mut content = match (&input.schema, fault) {
@@ -626,6 +634,9 @@ fn error(status: StatusCode, kind: &str, message: &str, retry_after: Option<u64>
     }
     resp
 }
+
+/// In oracle mode confidence is Beta(accuracy·κ, (1 − accuracy)·κ) with this κ.
+pub const ORACLE_CONCENTRATION: f64 = 4.0;
 
 /// The header that carries the gold answer in oracle mode (a JSON object of field values).
 pub const ORACLE_HEADER: &str = "x-sim-oracle";

@@ -407,8 +407,7 @@ async fn collect(
     expected: usize,
     idle: Duration,
 ) -> anyhow::Result<(Vec<i64>, usize)> {
-    let consumer =
-        reader(kafka, &[&topics.results, &topics.dlq]).map_err(anyhow::Error::msg)?;
+    let consumer = reader(kafka, &[&topics.results, &topics.dlq]).map_err(anyhow::Error::msg)?;
     let mut seen = HashSet::with_capacity(expected);
     let mut times = Vec::with_capacity(expected);
     let mut dead = 0;
@@ -683,7 +682,14 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             let mut c = Command::new(program);
             c.args(args)
                 .args(["--brokers", &bootstrap])
-                .args(["--intake", &t.intake, "--results", &t.results, "--dlq", &t.dlq])
+                .args([
+                    "--intake",
+                    &t.intake,
+                    "--results",
+                    &t.results,
+                    "--dlq",
+                    &t.dlq,
+                ])
                 .args(["--sim-url", &sim_url])
                 .args(["--provider-suffix", if slow { "-slow" } else { "" }])
                 .arg("--pipeline")

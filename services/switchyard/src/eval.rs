@@ -135,8 +135,8 @@ struct Labelled {
 
 /// Reads labelled jobs; errors name file and line.
 pub fn read_labelled(path: &Path) -> anyhow::Result<Vec<(Value, String)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -432,8 +432,11 @@ mod tests {
     fn labelled_lines_are_read_and_errors_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.jsonl");
-        std::fs::write(&p, "{\"payload\": {\"text\": \"a\"}, \"label\": \"x\"}\n{\"text\": 1}\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "{\"payload\": {\"text\": \"a\"}, \"label\": \"x\"}\n{\"text\": 1}\n",
+        )
+        .unwrap();
         let err = read_labelled(&p).unwrap_err().to_string();
         assert!(err.contains("l.jsonl:2:"), "{err}");
     }

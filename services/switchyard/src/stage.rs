@@ -121,12 +121,13 @@ impl StageRunner {
                 }
             })?;
         let schema_text = stage.output_schema.to_string();
-        let schema_raw = serde_json::value::RawValue::from_string(schema_text.clone()).map_err(
-            |e| StageError::Schema {
-                stage: stage.name.clone(),
-                message: e.to_string(),
-            },
-        )?;
+        let schema_raw =
+            serde_json::value::RawValue::from_string(schema_text.clone()).map_err(|e| {
+                StageError::Schema {
+                    stage: stage.name.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         let schema_name = schema_name(&stage.name);
         Ok(Self {
             stage,
@@ -387,7 +388,9 @@ impl StageRunner {
                         continue;
                     }
                 };
-                let result = self.call(endpoint, messages, metadata, false, permit, run).await;
+                let result = self
+                    .call(endpoint, messages, metadata, false, permit, run)
+                    .await;
                 if !matches!(&result, Err((e, _)) if matches!(e.class, AttemptClass::Auth | AttemptClass::OutOfCredit))
                 {
                     called.push((endpoint.provider.clone(), endpoint.model.clone()));
@@ -453,7 +456,10 @@ impl StageRunner {
                 let Ok(permit) = self.capacity(endpoint, tokens, choice).await else {
                     continue;
                 };
-                match self.call(endpoint, &repair, metadata, true, permit, run).await {
+                match self
+                    .call(endpoint, &repair, metadata, true, permit, run)
+                    .await
+                {
                     Ok(second) => match self.check(&second.content) {
                         Ok(output) => return Attempted::Done(self.judge(output)),
                         Err(errors) => {

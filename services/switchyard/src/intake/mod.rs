@@ -643,7 +643,10 @@ fn ledger_records(
 
 /// Every escalation's reason, by name.
 fn escalation_reasons(steps: &[EscalationStep]) -> Vec<String> {
-    steps.iter().map(|s| s.reason.as_str().to_string()).collect()
+    steps
+        .iter()
+        .map(|s| s.reason.as_str().to_string())
+        .collect()
 }
 
 /// The ledger's record of a job that ended with `result`.

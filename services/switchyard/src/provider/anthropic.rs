@@ -102,10 +102,9 @@ impl Anthropic {
                     input_schema,
                 }]
             }),
-            tool_choice: request.json_schema.map(|(name, _)| ToolChoice {
-                kind: "tool",
-                name,
-            }),
+            tool_choice: request
+                .json_schema
+                .map(|(name, _)| ToolChoice { kind: "tool", name }),
         }
     }
 

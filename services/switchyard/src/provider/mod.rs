@@ -373,7 +373,10 @@ pub(crate) fn add_configured_headers(
     };
     for name in &provider.forward_metadata {
         if let Some(v) = metadata.get(name)
-            && let (Ok(k), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(v))
+            && let (Ok(k), Ok(v)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::from_str(v),
+            )
         {
             h.insert(k, v);
         }

@@ -224,8 +224,8 @@ fn usage(body: &Value) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::provider::Message;
+    use serde_json::json;
     use std::time::Duration;
 
     #[test]
@@ -257,7 +257,10 @@ mod tests {
         assert_eq!(b["response_format"]["type"], "json_schema");
         assert_eq!(b["response_format"]["json_schema"]["strict"], true);
         assert_eq!(b["response_format"]["json_schema"]["name"], "out");
-        assert_eq!(b["response_format"]["json_schema"]["schema"]["type"], "object");
+        assert_eq!(
+            b["response_format"]["json_schema"]["schema"]["type"],
+            "object"
+        );
         assert_eq!(b["max_tokens"], 10);
         assert!(b.get("temperature").is_none());
         r.native_schema = false;
