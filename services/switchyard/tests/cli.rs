@@ -45,12 +45,12 @@ fn misspelled_key_is_reported_with_file_and_line() {
     let text = std::fs::read_to_string(&yaml).unwrap();
     let line = text
         .lines()
-        .position(|l| l.trim_start().starts_with("min_confidence: 0.62"))
+        .position(|l| l.trim_start().starts_with("min_confidence: 0.68"))
         .unwrap()
         + 1;
     std::fs::write(
         &yaml,
-        text.replacen("min_confidence: 0.62", "min_confidense: 0.62", 1),
+        text.replacen("min_confidence: 0.68", "min_confidense: 0.62", 1),
     )
     .unwrap();
 
