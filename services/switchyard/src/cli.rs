@@ -48,6 +48,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Labelled jobs through the pipeline and through cheap-only and strong-only baselines.
     Eval(EvalArgs),
+    /// Management report over a window of the results, dead-letter and ledger topics.
+    Report(ReportArgs),
+    /// A file of documents through a pipeline (split to fit, merged back); outputs and F1.
+    Batch(BatchArgs),
     /// List or replay dead letters.
     Dlq {
         /// What to do.
@@ -128,6 +132,61 @@ pub struct ChaosArgs {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `switchyard batch`.
+#[derive(Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Pipeline folder.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Documents, JSON lines `{"payload": {...}, "expected": {key: [values]}}`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write one JSON line per document.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The payload field with the document text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// The payload field naming the document.
+    #[arg(long, default_value = "doc_id")]
+    pub id_field: String,
+    /// Largest part in characters (default: what fits the first stage's smallest context window).
+    #[arg(long)]
+    pub chunk_chars: Option<usize>,
+    /// Call the providers of providers.yaml instead of the in-process simulator (oracle mode).
+    #[arg(long)]
+    pub real_providers: bool,
+    /// Simulator latency scale.
+    #[arg(long, default_value_t = 0.05)]
+    pub latency_scale: f64,
+}
+
+/// `switchyard report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Pipeline folder.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    pub brokers: String,
+    /// The window: what happened in the last DURATION (e.g. 24h, 7days).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// The HTML page; report.json and report.md go beside it (same name, other extension).
+    #[arg(long, default_value = "report.html")]
+    pub out: PathBuf,
+    /// Write the narrative with an in-process llm-sim instead of the configured providers.
+    #[arg(long)]
+    pub sim: bool,
+    /// Stop reading the topics after this long without a message.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
 }
 
 /// `switchyard eval`.
@@ -472,6 +531,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Chaos(a) => chaos(a).await,
         Command::Bench(a) => bench(a).await,
         Command::Eval(a) => eval(a).await,
+        Command::Report(a) => report(a).await,
+        Command::Batch(a) => batch(a).await,
         Command::Tail(a) => tail(a).await,
         Command::Dlq {
             command: DlqCommand::List(a),
@@ -758,6 +819,41 @@ async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn batch(a: BatchArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let summary = crate::batch::run_batch(crate::batch::BatchOptions {
+        pipeline: locate(&a.pipeline),
+        input: locate_file(&a.input),
+        out: a.out,
+        text_field: a.text_field,
+        id_field: a.id_field,
+        chunk_chars: a.chunk_chars,
+        real_providers: a.real_providers,
+        latency_scale: a.latency_scale,
+        progress: true,
+    })
+    .await?;
+    if let Some(s) = &summary.score {
+        eprintln!(
+            "{} documents ({} parts, {} split), F1 {:.3} (precision {:.3}, recall {:.3}){}; outputs in {}",
+            summary.documents,
+            summary.jobs,
+            summary.split_documents,
+            s.f1,
+            s.precision,
+            s.recall,
+            if summary.oracle {
+                " — simulated models in oracle mode, not a real model's score"
+            } else {
+                ""
+            },
+            summary.out
+        );
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
 async fn eval(a: EvalArgs) -> anyhow::Result<()> {
     crate::telemetry::init("warn");
     let report = crate::eval::run_eval(crate::eval::EvalOptions {
@@ -776,6 +872,43 @@ async fn eval(a: EvalArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.table());
     }
+    Ok(())
+}
+
+async fn report(a: ReportArgs) -> anyhow::Result<()> {
+    crate::telemetry::init("warn");
+    let pipeline = load(&a.pipeline)?;
+    let kafka = KafkaSettings::new(&a.brokers)
+        .with_options(&a.kafka_options)
+        .map_err(anyhow::Error::msg)?;
+    let (report, files) = crate::report::run_report(crate::report::ReportOptions {
+        pipeline,
+        kafka,
+        since: a.since,
+        out: a.out,
+        sim: a.sim,
+        idle: a.idle,
+    })
+    .await?;
+    let n = &report.narrative;
+    match n.author {
+        crate::report::Author::Model => eprintln!(
+            "narrative by {} at {}",
+            n.model.as_deref().unwrap_or("?"),
+            n.provider.as_deref().unwrap_or("?")
+        ),
+        crate::report::Author::Generated => eprintln!(
+            "narrative generated without a model: {}",
+            n.note.as_deref().unwrap_or("")
+        ),
+    }
+    println!(
+        "{} tickets; wrote {}, {} and {}",
+        report.aggregates.jobs,
+        files.html.display(),
+        files.json.display(),
+        files.markdown.display()
+    );
     Ok(())
 }
 

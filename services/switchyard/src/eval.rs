@@ -229,7 +229,7 @@ pub fn score(
 }
 
 /// Runs one variant on a fresh embedded broker and reads every job back.
-async fn run_variant(
+pub(crate) async fn run_variant(
     pipeline: Pipeline,
     jobs: &[Intake],
     progress: &ProgressBar,

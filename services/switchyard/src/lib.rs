@@ -6,6 +6,7 @@
 //! stage's topic, or dead-letter. Nothing is dropped: every job ends on the results topic or
 //! the dead-letter topic with its reason.
 
+pub mod batch;
 pub mod bench;
 pub mod broker;
 pub mod catalog;
@@ -27,6 +28,7 @@ pub mod output;
 pub mod produce;
 pub mod prompt;
 pub mod provider;
+pub mod report;
 pub mod route;
 pub mod runner;
 pub mod secret;
