@@ -247,8 +247,11 @@ pub struct StageFile {
     pub prompt: PathBuf,
     /// JSON Schema the stage's output must satisfy.
     pub output_schema: PathBuf,
-    /// Which models to call, in fallback order, and how.
+    /// Which models to call, in fallback order, and how (`models: []` for a local stage).
     pub route: RouteSpec,
+    /// A local classifier instead of models: trained at start-up, zero cost.
+    #[serde(default)]
+    pub local: Option<LocalSpec>,
     /// When to accept, escalate or flag the output.
     #[serde(default)]
     pub gate: GateSpec,
@@ -256,6 +259,22 @@ pub struct StageFile {
     /// `<pipeline>.escalate.<stage>` after that).
     #[serde(default)]
     pub input_topic: Option<String>,
+}
+
+/// A local classifier stage: the rendered prompt is the text it classifies; its output is
+/// `{<label_field>: label, confidence: calibrated}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSpec {
+    /// Training examples, CSV `text,label` with a header row, relative to the pipeline folder.
+    pub train: PathBuf,
+    /// The output field that gets the label.
+    #[serde(default = "default_label_field")]
+    pub label_field: String,
+}
+
+fn default_label_field() -> String {
+    "category".into()
 }
 
 /// How a stage calls models.
@@ -775,8 +794,19 @@ pub struct Stage {
     pub content_fallback: Vec<RouteModel>,
     /// Route settings.
     pub route: RouteSpec,
+    /// The classifier of a local stage (trained when the pipeline loads).
+    pub local: Option<LocalStage>,
     /// Gate settings.
     pub gate: GateSpec,
+}
+
+/// A local stage's trained classifier.
+#[derive(Debug, Clone)]
+pub struct LocalStage {
+    /// The classifier.
+    pub classifier: std::sync::Arc<crate::classify::Classifier>,
+    /// The output field that gets the label.
+    pub label_field: String,
 }
 
 /// A loaded, checked pipeline.
@@ -984,7 +1014,36 @@ impl Pipeline {
                     }
                 }
             });
-            if s.route.models.is_empty() {
+            let local = s.local.as_ref().and_then(|l| {
+                let train = dir.join(&l.train);
+                match crate::classify::read_examples(&train)
+                    .and_then(|rows| crate::classify::Classifier::train(&rows))
+                {
+                    Ok(c) => Some(LocalStage {
+                        classifier: std::sync::Arc::new(c),
+                        label_field: l.label_field.clone(),
+                    }),
+                    Err(e) => {
+                        errors.push(err(
+                            path,
+                            at(&l.train.display().to_string()),
+                            format!("stage `{}`: local classifier: {e}", s.name),
+                        ));
+                        None
+                    }
+                }
+            });
+            if s.local.is_some() && !s.route.models.is_empty() {
+                errors.push(err(
+                    path,
+                    stage_line,
+                    format!(
+                        "stage `{}` has both `local` and route.models; a stage is either a local classifier or calls models",
+                        s.name
+                    ),
+                ));
+            }
+            if s.route.models.is_empty() && s.local.is_none() {
                 errors.push(err(
                     path,
                     stage_line,
@@ -1090,6 +1149,7 @@ impl Pipeline {
                     models,
                     content_fallback,
                     route: s.route.clone(),
+                    local,
                     gate: s.gate.clone(),
                 });
             }

@@ -84,6 +84,8 @@ pub struct EvalReport {
     pub cost_share_of_strong: f64,
     /// Pipeline accuracy ÷ strong-only accuracy.
     pub quality_share_of_strong: f64,
+    /// The pipeline's local classifier tier, when it has one.
+    pub local_tier: Option<LocalTier>,
     /// Whether the models were simulated with oracle labels.
     pub oracle: bool,
     /// Labelled jobs read.
@@ -110,6 +112,14 @@ impl EvalReport {
                 r.escalation_rate * 100.0,
                 r.p95_ms,
                 r.dead_lettered
+            ));
+        }
+        if let Some(l) = &self.local_tier {
+            s.push_str(&format!(
+                "local tier: finished {:.1}% of jobs with no paid call, {:.3} accurate on those (classifier top-1 on all jobs: {:.3}, measured, not simulated)\n",
+                l.coverage * 100.0,
+                l.accuracy,
+                l.top1_accuracy
             ));
         }
         s.push_str(&format!(
@@ -157,28 +167,85 @@ pub fn read_labelled(path: &Path) -> anyhow::Result<Vec<(Value, String)>> {
     Ok(out)
 }
 
-/// The three variants of a loaded pipeline: as configured, cheap-only, strong-only.
+/// The three variants of a loaded pipeline: as configured, cheap-only (its first model stage
+/// alone, local stages left out), strong-only (that stage's prompt on the last stage's models).
 pub fn variants(pipeline: &Pipeline) -> anyhow::Result<[Pipeline; 3]> {
-    let (Some(first), Some(last)) = (pipeline.stages.first(), pipeline.stages.last()) else {
+    let Some(last) = pipeline.stages.last() else {
         bail!("the pipeline has no stages");
     };
+    let Some(first) = pipeline.stages.iter().find(|s| s.local.is_none()) else {
+        bail!("the pipeline has no stage that calls models");
+    };
     let mut cheap = pipeline.clone();
-    cheap.stages.truncate(1);
+    let mut only = first.clone();
+    // It becomes the pipeline's only stage: it reads intake jobs.
+    only.index = 0;
+    only.input_topic = pipeline.topics.intake.clone();
+    // A single stage is the last: its unsatisfied gate publishes for review, as the
+    // pipeline's last stage would.
+    only.gate.at_last_stage = last.gate.at_last_stage;
+    cheap.stages = vec![only.clone()];
     let mut strong = cheap.clone();
     if let Some(s) = strong.stages.first_mut() {
         s.models = last.models.clone();
         s.route = last.route.clone();
         s.content_fallback = last.content_fallback.clone();
     }
-    // A single stage is the last: its unsatisfied gate publishes for review, as the
-    // pipeline's last stage would.
-    for p in [&mut cheap, &mut strong] {
-        if let Some(s) = p.stages.first_mut() {
-            s.gate.at_last_stage = last.gate.at_last_stage;
+    Ok([pipeline.clone(), cheap, strong])
+}
+
+/// The local tier's figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LocalTier {
+    /// Accuracy of the jobs the local tier finished itself.
+    pub accuracy: f64,
+    /// Share of jobs it finished itself (no paid call).
+    pub coverage: f64,
+    /// The classifier's top-1 accuracy over every job, before its gate.
+    pub top1_accuracy: f64,
+}
+
+/// The local tier's coverage and accuracy in a pipeline run, and its top-1 accuracy on the
+/// texts themselves.
+fn local_tier(
+    pipeline: &Pipeline,
+    tally: &Tally,
+    gold: &[(String, String)],
+    texts: &[Option<String>],
+    label_field: &str,
+) -> Option<LocalTier> {
+    let stage = pipeline.stages.first()?;
+    let local = stage.local.as_ref()?;
+    let mut finished = 0usize;
+    let mut right = 0usize;
+    for (id, label) in gold {
+        if let Some(r) = tally.results.get(id).and_then(|v| v.first())
+            && r.stage == stage.name
+        {
+            finished += 1;
+            if r.output.get(label_field).and_then(Value::as_str) == Some(label.as_str()) {
+                right += 1;
+            }
         }
     }
-    debug_assert_eq!(first.index, 0);
-    Ok([pipeline.clone(), cheap, strong])
+    let top1 = gold
+        .iter()
+        .zip(texts)
+        .filter(|((_, label), text)| {
+            text.as_deref()
+                .is_some_and(|t| local.classifier.predict(t).label == *label)
+        })
+        .count();
+    let n = gold.len().max(1) as f64;
+    Some(LocalTier {
+        accuracy: if finished > 0 {
+            right as f64 / finished as f64
+        } else {
+            0.0
+        },
+        coverage: finished as f64 / n,
+        top1_accuracy: top1 as f64 / n,
+    })
 }
 
 /// Scores the jobs of one variant read back into `tally`.
@@ -353,15 +420,23 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} jobs (3 variants)  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let texts: Vec<Option<String>> = labelled
+        .iter()
+        .map(|(p, _)| p.get("text").and_then(Value::as_str).map(str::to_string))
+        .collect();
     let mut rows = Vec::new();
+    let mut local = None;
     for (name, variant) in ["pipeline", "cheap-only", "strong-only"]
         .into_iter()
         .zip(variants(&pipeline)?)
     {
         bar.set_message(name);
         let started = Instant::now();
-        let tally = run_variant(variant, &jobs, &bar).await?;
+        let tally = run_variant(variant.clone(), &jobs, &bar).await?;
         tracing::info!(variant = name, elapsed = ?started.elapsed(), "evaluated");
+        if name == "pipeline" {
+            local = local_tier(&variant, &tally, &gold, &texts, &options.label_field);
+        }
         rows.push(score(&tally, &gold, &options.label_field).0);
     }
     bar.finish_and_clear();
@@ -377,6 +452,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         pipeline: pipeline_row,
         cheap_only: cheap,
         strong_only: strong,
+        local_tier: local,
         oracle,
         jobs: jobs.len(),
     })

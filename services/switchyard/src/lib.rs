@@ -11,6 +11,7 @@ pub mod bench;
 pub mod broker;
 pub mod catalog;
 pub mod chaos;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -177,6 +177,20 @@ impl StageRunner {
                 });
             }
         };
+        // A local stage: the classifier reads the rendered prompt; no call, no cost.
+        if let Some(local) = &self.stage.local {
+            let p = local.classifier.predict(&rendered.user);
+            let mut output = serde_json::Map::new();
+            output.insert(local.label_field.clone(), Value::String(p.label));
+            output.insert("confidence".into(), serde_json::json!(p.confidence));
+            let output = Value::Object(output);
+            let errors = validation_errors(&self.validator, &output, MAX_REPORTED_ERRORS);
+            return run.finish(if errors.is_empty() {
+                self.judge(output)
+            } else {
+                self.schema_invalid(errors, output)
+            });
+        }
         let mut messages = Vec::new();
         if let Some(system) = rendered.system {
             messages.push(Message {
