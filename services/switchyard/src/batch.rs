@@ -98,10 +98,7 @@ pub fn split(text: &str, max: usize) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut rest = text;
     while rest.chars().count() > max {
-        let limit = rest
-            .char_indices()
-            .nth(max)
-            .map_or(rest.len(), |(i, _)| i);
+        let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
         let cut = rest[..limit]
             .rfind('\n')
             .filter(|&i| i > limit / 2)
@@ -298,7 +295,11 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
                 i + 1
             )
         })?;
-        if d.payload.get(&options.text_field).and_then(Value::as_str).is_none() {
+        if d.payload
+            .get(&options.text_field)
+            .and_then(Value::as_str)
+            .is_none()
+        {
             bail!(
                 "{}:{}: the payload has no text field `{}` (set --text-field)",
                 options.input.display(),
@@ -474,7 +475,13 @@ mod tests {
         let expected: BTreeMap<String, Vec<String>> = [
             ("effective_date".to_string(), vec!["2014-05-20".to_string()]),
             ("jurisdiction".to_string(), vec!["New_York".to_string()]),
-            ("party".to_string(), vec!["Visser_Precision_Cast_LLC".to_string(), "Liquidmetal_Technology_Inc.".to_string()]),
+            (
+                "party".to_string(),
+                vec![
+                    "Visser_Precision_Cast_LLC".to_string(),
+                    "Liquidmetal_Technology_Inc.".to_string(),
+                ],
+            ),
             ("term".to_string(), vec!["3_years".to_string()]),
         ]
         .into();
@@ -490,7 +497,10 @@ mod tests {
         let schema = json!({"properties": {"effective_date": {"type": ["string", "null"]},
             "parties": {"type": "array"}, "term": {"type": ["string", "null"]}}});
         let expected: BTreeMap<String, Vec<String>> = [
-            ("party".to_string(), vec!["Orchestra-Prémaman_Sa".to_string()]),
+            (
+                "party".to_string(),
+                vec!["Orchestra-Prémaman_Sa".to_string()],
+            ),
             ("term".to_string(), vec![]),
         ]
         .into();
