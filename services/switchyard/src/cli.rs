@@ -747,12 +747,14 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             None,
         );
         let models: Vec<String> = plan.candidates.iter().map(|c| c.endpoint.id()).collect();
-        println!(
-            "  stage {} (reads {}): {}",
-            s.name,
-            s.input_topic,
-            models.join(" → ")
-        );
+        let how = match &s.local {
+            Some(l) => format!(
+                "local classifier ({} labels, trained at start-up; no paid call)",
+                l.classifier.labels().len()
+            ),
+            None => models.join(" → "),
+        };
+        println!("  stage {} (reads {}): {how}", s.name, s.input_topic);
     }
     Ok(())
 }

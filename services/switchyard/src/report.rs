@@ -482,7 +482,7 @@ pub fn aggregate(
         .iter()
         .filter(|d| d.failed_at >= since)
         .collect();
-    dead.sort_by(|a, b| a.failed_at.cmp(&b.failed_at));
+    dead.sort_by_key(|d| d.failed_at);
     let mut dead_seen: HashSet<&str> = HashSet::new();
     let mut dead_firsts: Vec<&DeadLetter> = Vec::new();
     for d in dead {
@@ -666,11 +666,15 @@ fn pct(rate: f64) -> String {
     format!("{:.1}%", rate * 100.0)
 }
 
+/// Dollars for people: cents for large sums, six decimals (exact) for sub-cent ones.
 fn usd(micro: u64) -> String {
+    let dollars = MicroUsd(micro).as_usd();
     if micro >= 10_000_000 {
-        format!("${:.2}", MicroUsd(micro).as_usd())
+        format!("${dollars:.2}")
+    } else if micro >= 10_000 {
+        format!("${dollars:.4}")
     } else {
-        format!("${:.4}", MicroUsd(micro).as_usd())
+        format!("${dollars:.6}")
     }
 }
 
@@ -760,7 +764,11 @@ pub fn plain_narrative(a: &Aggregates) -> NarrativeText {
             a.dead_letters.replayable
         ));
     }
-    if a.dead_letters.by_reason.iter().any(|r| r.name == "schema_invalid") {
+    if a.dead_letters
+        .by_reason
+        .iter()
+        .any(|r| r.name == "schema_invalid")
+    {
         recommendations
             .push("Review the prompt and output schema of the stage that broke the schema".into());
     }
@@ -811,8 +819,8 @@ fn narrative_messages(a: &Aggregates, schema_text: &str) -> Vec<Message> {
          latency, cost; may be empty); recommendations (2 to 5 concrete actions); confidence \
          (0 to 1: how well the figures support your text).",
         window_words(a),
-        rfc3339(a.since),
-        rfc3339(a.until),
+        display_time(a.since),
+        display_time(a.until),
         prompt_data(a)
     );
     vec![
@@ -957,7 +965,7 @@ pub async fn narrate(pipeline: &Pipeline, a: &Aggregates) -> Narrative {
         }
     }
     generated(
-        format!("the model did not write a valid narrative: {}", notes.join("; ")),
+        format!("no usable answer from the model: {}", notes.join("; ")),
         calls,
         cost,
     )
@@ -1032,9 +1040,17 @@ async fn call_model(
 // ---------------------------------------------------------------------------------------------
 // Writing.
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
+/// A time for people: `2026-11-25 13:22 UTC`.
+fn display_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
 }
 
 /// Text made safe for HTML element content and quoted attribute values.
@@ -1094,9 +1110,10 @@ pub fn write_report(report: &Report, out: &Path) -> anyhow::Result<ReportFiles> 
 fn authorship(n: &Narrative) -> String {
     match (n.author, &n.model, &n.provider) {
         (Author::Model, Some(m), Some(p)) => format!(
-            "narrative by {m} at {p} (confidence {:.2}, {} calls, {})",
+            "narrative by {m} at {p} (confidence {:.2}, {} call{}, {})",
             n.text.confidence,
             n.calls,
+            if n.calls == 1 { "" } else { "s" },
             usd(n.cost_micro_usd)
         ),
         _ => format!(
@@ -1117,8 +1134,8 @@ pub fn render_markdown(report: &Report) -> String {
         md,
         "{} · {} – {} · {}\n",
         e(&a.pipeline),
-        rfc3339(a.since),
-        rfc3339(a.until),
+        display_time(a.since),
+        display_time(a.until),
         e(&authorship(n))
     );
     let _ = writeln!(md, "{}\n", e(&n.text.summary));
@@ -1155,7 +1172,13 @@ pub fn render_markdown(report: &Report) -> String {
     }
     let categorised = a.results - a.without_category;
     let _ = writeln!(md, "## Volume by category (top {TOP_CATEGORIES})\n");
-    count_table(&mut md, "category", &a.by_category, TOP_CATEGORIES, categorised);
+    count_table(
+        &mut md,
+        "category",
+        &a.by_category,
+        TOP_CATEGORIES,
+        categorised,
+    );
     if a.without_category > 0 {
         let _ = writeln!(md, "{} results have no category.\n", a.without_category);
     }
@@ -1274,9 +1297,10 @@ fn short_label(label: &str) -> String {
 /// Draws a horizontal bar chart as an SVG document (plotters' SVG backend escapes text).
 pub fn bar_chart_svg(chart: &BarChart) -> Result<String, String> {
     use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let draw = |e: &dyn std::fmt::Display| format!("chart `{}`: {e}", chart.id);
     let n = chart.bars.len();
-    let height = 90 + 28 * n.max(1) as u32;
+    let height = 90 + 28 * n.max(2) as u32;
     let labels: Vec<String> = chart.bars.iter().map(|(l, _)| short_label(l)).collect();
     let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(4);
     let label_area = (longest.clamp(4, LABEL_CHARS) as u32) * 7 + 16;
@@ -1299,8 +1323,9 @@ pub fn bar_chart_svg(chart: &BarChart) -> Result<String, String> {
         } else {
             let max = chart.bars.iter().map(|(_, v)| *v).fold(0.0f64, f64::max);
             let top = if max > 0.0 { max * 1.15 } else { 1.0 };
-            // Index 0 is drawn at the bottom: the first bar gets the highest index.
-            let last = n - 1;
+            // Index 0 is drawn at the bottom: the first bar gets the highest index. A range of
+            // one slot is degenerate for plotters, so a single bar gets an empty slot below it.
+            let last = n.max(2) - 1;
             let mut ctx = ChartBuilder::on(&root)
                 .caption(&chart.title, ("sans-serif", 18))
                 .margin(12)
@@ -1318,8 +1343,16 @@ pub fn bar_chart_svg(chart: &BarChart) -> Result<String, String> {
             };
             ctx.configure_mesh()
                 .disable_y_mesh()
+                .light_line_style(WHITE)
                 .y_labels(n)
                 .y_label_formatter(&label_of)
+                .x_label_formatter(&|v| format!("{:.*}", chart.decimals, v))
+                // Whole numbers get whole-number ticks (no "0, 0, 1, 1" on small counts).
+                .x_labels(if chart.decimals == 0 {
+                    (top.floor() as usize + 1).clamp(2, 10)
+                } else {
+                    10
+                })
                 .x_desc(chart.unit.as_str())
                 .label_style(("sans-serif", 13))
                 .draw()
@@ -1436,8 +1469,8 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
         page,
         "<p class=\"meta\">{} · {} – {} · {}</p>",
         h(&a.pipeline),
-        h(&rfc3339(a.since)),
-        h(&rfc3339(a.until)),
+        h(&display_time(a.since)),
+        h(&display_time(a.until)),
         h(&authorship(n))
     );
     if n.author == Author::Generated {
@@ -1472,7 +1505,11 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
     for (id, title, items) in [
         ("highlights", "Highlights", &n.text.highlights),
         ("risks", "Risks", &n.text.risks),
-        ("recommendations", "Recommendations", &n.text.recommendations),
+        (
+            "recommendations",
+            "Recommendations",
+            &n.text.recommendations,
+        ),
     ] {
         let _ = writeln!(page, "<section id=\"{id}\"><h2>{title}</h2><ul>");
         if items.is_empty() {
@@ -1486,12 +1523,13 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
     page.push_str("</div>\n<h2>Charts</h2>\n");
     for chart in charts(a) {
         let svg = bar_chart_svg(&chart).map_err(anyhow::Error::msg)?;
+        // The title is drawn in the chart; the label gives it to screen readers too.
         let _ = writeln!(
             page,
-            "<figure id=\"{}\" class=\"chart\">\n{}\n<figcaption class=\"meta\">{}</figcaption>\n</figure>",
+            "<figure id=\"{}\" class=\"chart\" role=\"img\" aria-label=\"{}\">\n{}\n</figure>",
             chart.id,
-            svg.trim(),
-            h(&chart.title)
+            h(&chart.title),
+            svg.trim()
         );
     }
     if a.without_category > 0 || a.without_urgency > 0 {
@@ -1502,7 +1540,10 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
         );
     }
 
-    let _ = writeln!(page, "<h2>Escalations and dead letters</h2>\n<div class=\"cols\">");
+    let _ = writeln!(
+        page,
+        "<h2>Escalations and dead letters</h2>\n<div class=\"cols\">"
+    );
     html_counts(
         &mut page,
         "escalation-reasons",
@@ -1596,9 +1637,7 @@ fn html_counts(page: &mut String, id: &str, title: &str, rows: &[Count]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{
-        DeadLetterReason, EscalationReason, EscalationStep, Original, Source,
-    };
+    use crate::envelope::{DeadLetterReason, EscalationReason, EscalationStep, Original, Source};
     use crate::ledger::LedgerAttempt;
     use serde_json::json;
 
@@ -1651,7 +1690,13 @@ mod tests {
             } else {
                 Vec::new()
             },
-            attempts: vec![attempt(&format!("{id}/triage/1"), "triage", "cheap", 100, 100)],
+            attempts: vec![attempt(
+                &format!("{id}/triage/1"),
+                "triage",
+                "cheap",
+                100,
+                100,
+            )],
             cost_micro_usd: MicroUsd(100),
             created_at: t(minutes_ago + 1),
             completed_at: t(minutes_ago),
@@ -1700,11 +1745,36 @@ mod tests {
     fn sample() -> Records {
         Records {
             results: vec![
-                result("a1", ticket("card_arrival", "low", "card not here"), 50, false),
-                result("a2", ticket("card_arrival", "high", "card   still\nmissing"), 40, true),
-                result("a3", ticket("card_arrival", "normal", "card not here"), 30, false),
-                result("a4", ticket("card_arrival", "normal", "where is it"), 20, false),
-                result("a5", ticket("card_arrival", "normal", "fourth example"), 15, false),
+                result(
+                    "a1",
+                    ticket("card_arrival", "low", "card not here"),
+                    50,
+                    false,
+                ),
+                result(
+                    "a2",
+                    ticket("card_arrival", "high", "card   still\nmissing"),
+                    40,
+                    true,
+                ),
+                result(
+                    "a3",
+                    ticket("card_arrival", "normal", "card not here"),
+                    30,
+                    false,
+                ),
+                result(
+                    "a4",
+                    ticket("card_arrival", "normal", "where is it"),
+                    20,
+                    false,
+                ),
+                result(
+                    "a5",
+                    ticket("card_arrival", "normal", "fourth example"),
+                    15,
+                    false,
+                ),
                 // A duplicate delivery of a2, and one from before the window.
                 result("a2", ticket("card_arrival", "high", "dup"), 10, true),
                 result("old", ticket("pin_blocked", "high", "old"), 60 * 48, false),
@@ -1767,7 +1837,10 @@ mod tests {
         assert_eq!(a.by_category[0].name, "card_arrival");
         assert_eq!(a.by_category[0].count, 5);
         assert_eq!(a.by_category[1].name, "pin_blocked");
-        assert_eq!(a.by_category[1].count, 1, "the old one is outside the window");
+        assert_eq!(
+            a.by_category[1].count, 1,
+            "the old one is outside the window"
+        );
         assert_eq!(a.without_category, 1);
         assert_eq!(a.without_urgency, 1);
         let urgency: Vec<(&str, usize)> = a
@@ -1831,7 +1904,11 @@ mod tests {
         assert_eq!(a.cost.per_ticket_usd, 0.0);
         assert_eq!(a.escalation.rate, 0.0);
         let n = plain_narrative(&a);
-        assert!(n.headline.starts_with("0 tickets in the last hour:"), "{}", n.headline);
+        assert!(
+            n.headline.starts_with("0 tickets in the last hour:"),
+            "{}",
+            n.headline
+        );
         // The generated narrative satisfies the schema the model's must.
         let schema: Value = serde_json::from_str(REPORT_SCHEMA).unwrap();
         let v = crate::envelope::compile_schema(&schema).unwrap();
@@ -1900,7 +1977,8 @@ mod tests {
         ));
         let a = aggregate("p<1>", t(24 * 60), t(0), &records);
         let mut text = plain_narrative(&a);
-        text.highlights.push("<iframe src=\"https://example.org\">".into());
+        text.highlights
+            .push("<iframe src=\"https://example.org\">".into());
         let report = Report {
             aggregates: a,
             narrative: Narrative {
@@ -1924,18 +2002,86 @@ mod tests {
         assert!(md.contains("&lt;img"));
     }
 
+    fn support_triage() -> Pipeline {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/support-triage");
+        Pipeline::load(&dir).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_invalid_answer_gets_one_repair_re_ask() {
+        let mut profile = llm_sim::Profile::default_profile().unwrap();
+        profile.latency_scale = 0.0;
+        for m in profile.models.values_mut() {
+            m.faults = Default::default();
+        }
+        let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let mut pipeline = support_triage();
+        pipeline.point_providers_at(&sim.base_url());
+        let mut a = aggregate("p", t(60), t(0), &sample());
+        // The simulator's directive: break the schema on the first turn only.
+        a.recurring[0].examples[0] = "[sim:schema_violation] card not here".into();
+        let n = narrate(&pipeline, &a).await;
+        sim.stop().await;
+        assert_eq!(n.author, Author::Model, "{:?}", n.note);
+        assert_eq!(n.calls, 2, "the answer and its repair");
+        assert_eq!(n.model.as_deref(), Some("simlab/sage-pro"));
+        assert_eq!(
+            n.provider.as_deref(),
+            Some("simcloud"),
+            "repaired at the first endpoint"
+        );
+        assert!(n.cost_micro_usd > 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_model_gives_a_generated_narrative_that_says_why() {
+        // A port that was free a moment ago: nothing answers there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut pipeline = support_triage();
+        pipeline.point_providers_at(&format!("http://127.0.0.1:{port}"));
+        let a = aggregate("p", t(24 * 60), t(0), &sample());
+        let n = narrate(&pipeline, &a).await;
+        assert_eq!(n.author, Author::Generated);
+        assert_eq!(n.calls, 2, "one call at each endpoint of the model");
+        let note = n.note.clone().unwrap();
+        assert!(note.contains("simcloud:simlab/sage-pro"), "{note}");
+        assert!(note.contains("cannot connect"), "{note}");
+        assert_eq!(n.text, plain_narrative(&a));
+        let html = render_html(&Report {
+            aggregates: a,
+            narrative: n,
+        })
+        .unwrap();
+        assert!(html.contains("id=\"narrative-note\""));
+        assert!(html.contains("No model wrote this narrative"));
+    }
+
     #[test]
     fn charts_are_svg_bar_charts_with_every_label() {
         let chart = BarChart {
             id: "chart-test",
             title: "T".into(),
             unit: "tickets".into(),
-            bars: vec![("first".into(), 5.0), ("second".into(), 2.0), ("third".into(), 1.0)],
+            bars: vec![
+                ("first".into(), 5.0),
+                ("second".into(), 2.0),
+                ("third".into(), 1.0),
+            ],
             decimals: 0,
         };
         let svg = bar_chart_svg(&chart).unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
-        assert!(svg.matches("<rect").count() >= 4, "background and three bars");
+        assert!(
+            svg.matches("<rect").count() >= 4,
+            "background and three bars"
+        );
         for l in ["first", "second", "third"] {
             assert!(svg.contains(l), "{l} missing");
         }
