@@ -105,6 +105,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let readiness = Arc::new(Readiness::default());
         let options = RunOptions {
+            ops: None,
             kafka: self.kafka.clone(),
             stages: Vec::new(),
             group_prefix: "e2e".into(),

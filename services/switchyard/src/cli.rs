@@ -438,6 +438,20 @@ pub struct RunArgs {
     /// Do not run the ledger sink here (another process does).
     #[arg(long)]
     pub no_ledger_sink: bool,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` here, e.g. `0.0.0.0:9464`.
+    #[arg(long, env = "SWITCHYARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve the admin page here, e.g. `127.0.0.1:8080`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "human",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// `switchyard ledger-sink`.
@@ -642,7 +656,7 @@ async fn dev_broker(a: DevBrokerArgs) -> anyhow::Result<()> {
 }
 
 async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
-    crate::telemetry::init("info");
+    crate::telemetry::init_with("info", a.log_format);
     let pipeline = Arc::new(load(&a.pipeline)?);
     let kafka = KafkaSettings::new(&a.brokers)
         .with_options(&a.kafka_options)
@@ -692,11 +706,39 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
             (None, Vec::new())
         }
     };
+    let readiness: Arc<crate::runner::Readiness> = Arc::default();
+    let ops = if a.metrics_addr.is_some() || a.admin_addr.is_some() {
+        let ops = Arc::new(
+            crate::ops::Ops::new(
+                pipeline.clone(),
+                kafka.clone(),
+                readiness.clone(),
+                a.metrics_addr.is_some(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+        if let Some(addr) = a.metrics_addr {
+            let bound = crate::ops::serve_metrics(ops.clone(), addr, shutdown.clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(%bound, "metrics on http://{bound}/metrics (and /healthz, /readyz)");
+        }
+        if let Some(addr) = a.admin_addr {
+            let bound = crate::ops::serve_admin(ops.clone(), addr, shutdown.clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(%bound, "admin page on http://{bound}/");
+        }
+        Some(ops)
+    } else {
+        None
+    };
     let options = RunOptions {
+        ops,
         kafka,
         stages: a.stages,
         group_prefix: a.group_prefix,
-        readiness: Arc::default(),
+        readiness,
         ledger,
         spend_seed,
     };

@@ -513,6 +513,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
 
     let shutdown = CancellationToken::new();
     let run_options = RunOptions {
+        ops: None,
         kafka: kafka.clone(),
         stages: Vec::new(),
         group_prefix: "switchyard-demo".into(),

@@ -309,6 +309,7 @@ pub(crate) async fn run_variant(
     let pipeline = Arc::new(pipeline);
     let shutdown = CancellationToken::new();
     let run_options = RunOptions {
+        ops: None,
         kafka: kafka.clone(),
         stages: Vec::new(),
         group_prefix: "switchyard-eval".into(),

@@ -88,6 +88,8 @@ impl KafkaSettings {
             // Prefetch at most 8 MB per consumer: with the in-flight caps this bounds memory,
             // whatever the backlog (librdkafka's default is 64 MB).
             .set("queued.max.messages.kbytes", "8192")
+            // Consumer lag per partition for /metrics comes from librdkafka's statistics.
+            .set("statistics.interval.ms", "5000")
             .set("enable.partition.eof", "false");
         self.apply(c)
     }

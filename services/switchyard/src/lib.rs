@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod limit;
 pub mod money;
+pub mod ops;
 pub mod output;
 pub mod produce;
 pub mod prompt;

@@ -111,6 +111,8 @@ pub struct RunOptions {
     pub ledger: Option<Arc<dyn crate::ledger::LedgerStore>>,
     /// Spend so far per tenant (tenant, today, this month, micro-dollars), to seed budgets.
     pub spend_seed: Vec<(String, u64, u64)>,
+    /// Metrics and admin endpoints to tell about the providers, when they run.
+    pub ops: Option<Arc<crate::ops::Ops>>,
 }
 
 /// Why a pipeline could not run.
@@ -167,6 +169,9 @@ pub async fn run(
         ))
     })?;
     let output = Arc::new(Output::new(producer));
+    if let Some(ops) = &options.ops {
+        ops.set_providers(providers.clone());
+    }
 
     // Keep this replica's share of the provider quotas in step with its partitions.
     {
@@ -212,17 +217,19 @@ pub async fn run(
             continue;
         }
         let next = pipeline.stages.get(i + 1).map(|s| s.name.clone());
-        let runner = StageRunner::new(stage.clone(), next, providers.clone(), tenants.clone())
+        let mut runner = StageRunner::new(stage.clone(), next, providers.clone(), tenants.clone())
             .map_err(|e| RunError::Setup(e.to_string()))?;
+        runner.pipeline = pipeline.name.clone();
         // Ordered pipelines run the later stages inline in the first stage's worker.
         let mut inline = Vec::new();
         if pipeline.ordering == crate::config::Ordering::Key && i == 0 {
             for (j, later) in pipeline.stages.iter().enumerate().skip(1) {
                 let next = pipeline.stages.get(j + 1).map(|s| s.name.clone());
-                inline.push(
+                let mut r =
                     StageRunner::new(later.clone(), next, providers.clone(), tenants.clone())
-                        .map_err(|e| RunError::Setup(e.to_string()))?,
-                );
+                        .map_err(|e| RunError::Setup(e.to_string()))?;
+                r.pipeline = pipeline.name.clone();
+                inline.push(r);
             }
         }
         let shared = Arc::new(StageShared {

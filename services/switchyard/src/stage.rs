@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use jsonschema::Validator;
 use serde_json::Value;
+use tracing::Instrument;
 
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ pub struct StageRun {
 pub struct StageRunner {
     /// The stage's configuration.
     pub stage: Stage,
+    /// The pipeline's name (a metrics label).
+    pub pipeline: String,
     /// The next stage's name, if any.
     pub next: Option<String>,
     prompts: Prompts,
@@ -131,6 +134,7 @@ impl StageRunner {
         let schema_name = schema_name(&stage.name);
         Ok(Self {
             stage,
+            pipeline: String::new(),
             next,
             prompts,
             validator,
@@ -308,6 +312,11 @@ impl StageRunner {
                 Capacity::Ready(p) => return Ok(p),
                 Capacity::Wait(d) if waited + d <= max_wait => {
                     tokio::time::sleep(d).await;
+                    crate::telemetry::LimiterWaited {
+                        provider: &endpoint.provider,
+                        waited: d,
+                    }
+                    .emit();
                     waited += d;
                 }
                 Capacity::Wait(d) => return Err(d),
@@ -521,7 +530,34 @@ impl StageRunner {
             metadata: Some(metadata),
         };
         let started = Instant::now();
-        let result = self.providers.call(&endpoint.provider, &request).await;
+        // One span per attempt, with OpenTelemetry's GenAI attribute names.
+        let span = tracing::info_span!(
+            "chat",
+            gen_ai.operation.name = "chat",
+            gen_ai.system = %endpoint.provider,
+            gen_ai.request.model = %endpoint.model_id,
+            gen_ai.request.max_tokens = self.stage.route.max_tokens,
+            gen_ai.response.finish = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            switchyard.repair = repair,
+        );
+        let result = self
+            .providers
+            .call(&endpoint.provider, &request)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(c) => {
+                span.record("gen_ai.usage.input_tokens", c.usage.prompt_tokens);
+                span.record("gen_ai.usage.output_tokens", c.usage.completion_tokens);
+                span.record("gen_ai.response.finish", "stop");
+            }
+            Err(e) => {
+                span.record("gen_ai.response.finish", e.class.as_str());
+            }
+        }
+        tracing::debug!(parent: &span, ok = result.is_ok(), "attempt ended");
         let elapsed = started.elapsed();
         let (status, class, error, usage) = match &result {
             Ok(c) => {
@@ -544,6 +580,18 @@ impl StageRunner {
                 (e.status, e.class, Some(e.message.clone()), e.usage)
             }
         };
+        crate::telemetry::AttemptEnded {
+            pipeline: &self.pipeline,
+            stage: &self.stage.name,
+            provider: &endpoint.provider,
+            model: &endpoint.model,
+            class: class.as_str(),
+            duration: elapsed,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_micro_usd: cost(endpoint, usage).0,
+        }
+        .emit();
         let key_label = (permit.secret.is_some()).then(|| permit.key_label.clone());
         if let Some(t) = &run.tenant {
             self.providers

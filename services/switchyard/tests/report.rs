@@ -108,6 +108,7 @@ async fn report_of_a_real_run_renders_in_headless_chromium() {
     let shutdown = CancellationToken::new();
     let readiness = Arc::new(Readiness::default());
     let options = RunOptions {
+        ops: None,
         kafka: kafka.clone(),
         stages: Vec::new(),
         group_prefix: "report-test".into(),

@@ -86,6 +86,7 @@ fn lock(t: &Tracker) -> MutexGuard<'_, Watermarks> {
 struct StageContext {
     tracker: Tracker,
     topic: String,
+    pipeline: String,
     stage: String,
     rebalance_timeout: Duration,
     readiness: Arc<crate::runner::Readiness>,
@@ -99,6 +100,23 @@ struct StageContext {
 type PartitionTokens = Arc<Mutex<HashMap<i32, CancellationToken>>>;
 
 impl ClientContext for StageContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for (id, part) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown.
+                if *id >= 0 && part.consumer_lag >= 0 {
+                    crate::telemetry::ConsumerLag {
+                        pipeline: &self.pipeline,
+                        stage: &self.stage,
+                        partition: *id,
+                        lag: part.consumer_lag,
+                    }
+                    .emit();
+                }
+            }
+        }
+    }
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
@@ -289,6 +307,7 @@ pub async fn run_stage(
         abandon: abandon.clone(),
         tracker: tracker.clone(),
         topic: topic.clone(),
+        pipeline: shared.pipeline.name.clone(),
         stage: stage.clone(),
         rebalance_timeout: conc.rebalance_timeout,
         readiness,
@@ -317,6 +336,12 @@ pub async fn run_stage(
     loop {
         let (full, held) = {
             let mut t = lock(&tracker);
+            crate::telemetry::InFlight {
+                pipeline: &shared.pipeline.name,
+                stage: &stage,
+                jobs: t.in_flight(),
+            }
+            .emit();
             let full = t.in_flight() >= stage_cap;
             if !full {
                 full_since = None;
@@ -489,6 +514,7 @@ impl JobTask {
         if let Some(previous) = self.after.take() {
             let _ = previous.await;
         }
+        let started = Instant::now();
         let envelopes = tokio::select! {
             e = process(&self.shared, &received) => e,
             // Revoked (after the drain) or shut down: hand the job back.
@@ -532,6 +558,23 @@ impl JobTask {
                 }
             }
         }
+        let topics = &self.shared.pipeline.topics;
+        let outcome = if envelopes.iter().any(|e| e.topic == topics.results) {
+            "result"
+        } else if envelopes.iter().any(|e| e.topic == topics.dlq) {
+            "dead_letter"
+        } else {
+            "escalated"
+        };
+        let stage = &self.shared.runner.stage.name;
+        crate::telemetry::JobFinished {
+            pipeline: &self.shared.pipeline.name,
+            stage,
+            outcome,
+            duration: started.elapsed(),
+        }
+        .emit();
+        crate::ops::count_job(stage, outcome);
         let mut t = lock(&self.tracker);
         let actions = t.finish(ticket);
         if let Some((p, w)) = actions.store
@@ -602,6 +645,17 @@ fn ledger_records(
             })
         })
         .collect();
+    // Cost today by tenant, for the admin page: every attempt's cost, as it is spent.
+    let spent: u64 = records
+        .iter()
+        .filter_map(|r| match r {
+            LedgerRecord::Attempt(a) => Some(a.attempt.cost_micro_usd.0),
+            LedgerRecord::Job(_) => None,
+        })
+        .sum();
+    if spent > 0 {
+        crate::ops::count_cost(&tenant, spent);
+    }
     for out in outputs {
         let record = if out.topic == pipeline.topics.results {
             result_record.take().map(|mut r| {
@@ -706,7 +760,7 @@ async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
             );
         }
     };
-    let span = tracing::debug_span!("job", job_id = %job.job_id, stage = %stage.name);
+    let span = tracing::info_span!("job", job_id = %job.job_id, tenant = %job.tenant, pipeline = %pipeline.name, stage = %stage.name);
     let mut run = shared
         .runner
         .run(&job, &history)

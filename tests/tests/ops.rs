@@ -1,0 +1,318 @@
+//! Operations end to end: a `switchyard run` process with `--metrics-addr` and `--admin-addr`
+//! against the embedded broker and llm-sim. `/metrics` is scraped while jobs flow and its
+//! counters must move; the admin page is loaded in headless Chromium (Debian's chromium and
+//! chromedriver, driven over WebDriver), shows live numbers, and replays a dead letter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_e2e::{Harness, copy_pipelines, ids, job, quiet_profile, run_command};
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sum of a metric's samples whose label set contains every `key="value"` in `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// A tiny WebDriver client: enough to open a page, read text and click.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    _driver: Kill,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        assert!(
+            std::path::Path::new("/usr/bin/chromedriver").exists()
+                && std::path::Path::new("/usr/bin/chromium").exists(),
+            "this test drives Debian's headless Chromium: apt-get install chromium chromium-driver"
+        );
+        let port = free_port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let profile = tempfile::tempdir().unwrap().keep();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let session = loop {
+            if let Ok(r) = http
+                .post(format!("{base}/session"))
+                .json(&caps)
+                .send()
+                .await
+            {
+                let v: Value = r.json().await.unwrap();
+                if let Some(id) = v["value"]["sessionId"].as_str() {
+                    break id.to_string();
+                }
+                panic!("chromedriver refused the session: {v}");
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        Browser {
+            base: format!("{base}/session/{session}"),
+            http,
+            _driver: Kill(driver),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({"url": url}))
+            .await;
+    }
+
+    /// Text of the first element matching `css`, if any.
+    async fn text(&self, css: &str) -> Option<String> {
+        let el = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let id = el.as_object()?.values().next()?.as_str()?.to_string();
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{id}/text"),
+            json!({}),
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
+    }
+
+    async fn attribute(&self, css: &str, name: &str) -> Option<String> {
+        let el = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let id = el.as_object()?.values().next()?.as_str()?.to_string();
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{id}/attribute/{name}"),
+            json!({}),
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_string();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            json!({}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
+    let h = Harness::start(quiet_profile(), 4).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pipelines = copy_pipelines(tmp.path());
+    let (metrics_port, admin_port) = (free_port(), free_port());
+    let child = run_command(&pipelines, h.broker.bootstrap(), &h.sim.base_url())
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .spawn()
+        .unwrap();
+    let _run = Kill(child);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let admin_url = format!("http://127.0.0.1:{admin_port}/");
+
+    // Alive at once; ready once the stages own partitions.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (status, body) = get(&format!("{metrics_url}/readyz")).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(get(&format!("{metrics_url}/healthz")).await.0, 200);
+    let (_, before) = get(&format!("{metrics_url}/metrics")).await;
+    assert_eq!(metric(&before, "switchyard_jobs_total", &[]), 0.0);
+
+    // 30 jobs, two of which every provider refuses (dead letters that may be replayed).
+    let mut jobs: Vec<_> = (0..28)
+        .map(|i| {
+            job(
+                &format!("ops-{i}"),
+                "My card payment was declined twice today",
+            )
+        })
+        .collect();
+    for i in 0..2 {
+        jobs.push(job(
+            &format!("ops-dead-{i}"),
+            "[sim:server_error:always] Where is my refund?",
+        ));
+    }
+    h.produce(&jobs).await;
+    let tally = h.collect(&ids(&jobs), 0, Duration::from_secs(60)).await;
+    assert_eq!(tally.finished_count(&ids(&jobs)), 30);
+
+    // Counters moved as the jobs flowed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let (_, text) = get(&format!("{metrics_url}/metrics")).await;
+        if metric(&text, "switchyard_consumer_lag", &[]) >= 0.0
+            && text.contains("switchyard_consumer_lag{")
+            && metric(&text, "switchyard_jobs_total", &["stage=\"triage\""]) >= 30.0
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "metrics did not move:\n{text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let triage = |outcome: &str| {
+        metric(
+            &after,
+            "switchyard_jobs_total",
+            &["stage=\"triage\"", &format!("outcome=\"{outcome}\"")],
+        )
+    };
+    assert_eq!(
+        triage("result") + triage("escalated") + triage("dead_letter"),
+        30.0,
+        "{after}"
+    );
+    assert!(triage("dead_letter") >= 2.0, "{after}");
+    assert!(
+        metric(&after, "switchyard_attempts_total", &["class=\"ok\""]) >= 28.0,
+        "{after}"
+    );
+    assert!(
+        metric(
+            &after,
+            "switchyard_attempts_total",
+            &["class=\"transient\""]
+        ) >= 2.0,
+        "{after}"
+    );
+    assert!(metric(&after, "switchyard_tokens_total", &["kind=\"prompt\""]) > 0.0);
+    assert!(metric(&after, "switchyard_cost_micro_usd_total", &[]) > 0.0);
+    assert!(metric(&after, "switchyard_stage_duration_seconds_count", &[]) >= 30.0);
+    assert!(after.contains("switchyard_in_flight_jobs{"), "{after}");
+    assert!(after.contains("switchyard_breaker_state{"), "{after}");
+
+    // The admin page in a real browser: live numbers, then a replay.
+    let b = Browser::start().await;
+    b.open(&admin_url).await;
+    let results: u64 = b
+        .text("#stages tr[data-stage=\"triage\"] .jobs-result")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(results > 0, "no live numbers on the admin page");
+    assert!(
+        b.text("#escalation-rate").await.unwrap().ends_with('%'),
+        "escalation rate missing"
+    );
+    assert!(b.text("#providers").await.unwrap().contains("simcloud"));
+    assert!(b.text("#cost").await.unwrap().contains("acme"));
+    let replayed = b
+        .attribute("button.replay", "data-job")
+        .await
+        .expect("a replay button for a dead letter");
+    assert!(replayed.starts_with("ops-dead-"), "{replayed}");
+    b.click("button.replay").await;
+    let confirmation = b.text("#replayed").await.unwrap_or_default();
+    assert!(confirmation.contains(&replayed), "{confirmation}");
+
+    // The job ran again (it fails again, by its directive): a second dead letter, redriven once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        b.open(&format!("{admin_url}?reason=provider_exhausted"))
+            .await;
+        let rows = b.text("#dlq").await.unwrap_or_default();
+        let redriven = b
+            .text(&format!("#dlq tr[data-job=\"{replayed}\"] .redrives"))
+            .await;
+        if rows
+            .lines()
+            .any(|l| l.contains(&replayed) && l.contains(" 1 "))
+            || redriven.as_deref() == Some("1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replay never ran:\n{rows}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
