@@ -47,7 +47,19 @@ async fn get(url: &str) -> (u16, String) {
 struct Browser {
     base: String,
     http: reqwest::Client,
+    profile: std::path::PathBuf,
     _driver: Kill,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Killing chromedriver leaves its browser running: end it by its profile folder.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.profile.display().to_string())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 impl Browser {
@@ -97,6 +109,7 @@ impl Browser {
         Browser {
             base: format!("{base}/session/{session}"),
             http,
+            profile,
             _driver: Kill(driver),
         }
     }

@@ -55,6 +55,8 @@ pub struct Tally {
     pub day: Option<time::Date>,
 }
 
+static TALLY_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn tally() -> &'static Mutex<Tally> {
     static TALLY: OnceLock<Mutex<Tally>> = OnceLock::new();
     TALLY.get_or_init(|| Mutex::new(Tally::default()))
@@ -62,6 +64,9 @@ fn tally() -> &'static Mutex<Tally> {
 
 /// Counts a finished job for the admin page.
 pub fn count_job(stage: &str, outcome: &str) {
+    if !TALLY_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut t = tally().lock().unwrap_or_else(|p| p.into_inner());
     *t.jobs
         .entry((stage.to_string(), outcome.to_string()))
@@ -70,6 +75,9 @@ pub fn count_job(stage: &str, outcome: &str) {
 
 /// Adds a job's cost to its tenant's total for today.
 pub fn count_cost(tenant: &str, micro_usd: u64) {
+    if !TALLY_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let today = crate::envelope::now().date();
     let mut t = tally().lock().unwrap_or_else(|p| p.into_inner());
     if t.day != Some(today) {
@@ -92,6 +100,7 @@ impl Ops {
         readiness: Arc<Readiness>,
         metrics: bool,
     ) -> Result<Self, String> {
+        TALLY_ON.store(true, std::sync::atomic::Ordering::Relaxed);
         let prometheus = if metrics {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
@@ -456,6 +465,7 @@ mod tests {
 
     #[test]
     fn cost_today_is_summed_per_tenant() {
+        TALLY_ON.store(true, std::sync::atomic::Ordering::Relaxed);
         count_cost("ops-test-a", 5);
         count_cost("ops-test-a", 7);
         let t = tally().lock().unwrap().clone();

@@ -40,6 +40,18 @@ pub fn init_with(default: &str, format: LogFormat) {
     };
 }
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns metric events on (once a recorder is installed); until then `emit` does nothing, so
+/// a worker without `--metrics-addr` spends nothing building labels.
+pub fn enable_metrics() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Every metric name Switchyard records (the deploy dashboards are checked against this list).
 pub const METRICS: &[&str] = &[
     "switchyard_jobs_total",
@@ -70,6 +82,9 @@ pub struct JobFinished<'a> {
 impl JobFinished<'_> {
     /// Records it.
     pub fn emit(&self) {
+        if !enabled() {
+            return;
+        }
         let labels = [
             ("pipeline", self.pipeline.to_string()),
             ("stage", self.stage.to_string()),
@@ -106,6 +121,9 @@ pub struct AttemptEnded<'a> {
 impl AttemptEnded<'_> {
     /// Records it.
     pub fn emit(&self) {
+        if !enabled() {
+            return;
+        }
         let (p, m) = (self.provider.to_string(), self.model.to_string());
         metrics::counter!("switchyard_attempts_total", "provider" => p.clone(), "model" => m.clone(), "class" => self.class.to_string()).increment(1);
         metrics::histogram!("switchyard_provider_request_duration_seconds", "provider" => p.clone(), "model" => m.clone())
@@ -131,6 +149,9 @@ pub struct LimiterWaited<'a> {
 impl LimiterWaited<'_> {
     /// Records it.
     pub fn emit(&self) {
+        if !enabled() {
+            return;
+        }
         metrics::counter!("switchyard_limiter_wait_milliseconds_total", "provider" => self.provider.to_string())
             .increment(self.waited.as_micros() as u64 / 1000);
     }
@@ -150,6 +171,9 @@ pub struct InFlight<'a> {
 impl InFlight<'_> {
     /// Records it.
     pub fn emit(&self) {
+        if !enabled() {
+            return;
+        }
         metrics::gauge!("switchyard_in_flight_jobs", "pipeline" => self.pipeline.to_string(), "stage" => self.stage.to_string())
             .set(self.jobs as f64);
     }
@@ -171,6 +195,9 @@ pub struct ConsumerLag<'a> {
 impl ConsumerLag<'_> {
     /// Records it.
     pub fn emit(&self) {
+        if !enabled() {
+            return;
+        }
         metrics::gauge!("switchyard_consumer_lag", "pipeline" => self.pipeline.to_string(), "stage" => self.stage.to_string(), "partition" => self.partition.to_string())
             .set(self.lag.max(0) as f64);
     }
@@ -190,6 +217,9 @@ pub struct BreakerObserved<'a> {
 impl BreakerObserved<'_> {
     /// Records it.
     pub fn emit(&self) {
+        if !enabled() {
+            return;
+        }
         metrics::gauge!("switchyard_breaker_state", "provider" => self.provider.to_string(), "model" => self.model.to_string())
             .set(f64::from(self.state));
     }
