@@ -16,8 +16,13 @@ PIPELINE=pipelines/support-triage
 work="$(mktemp -d)"
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Newest first: the worker drains and commits while the broker is still there.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p="${pids[$i]}"
+    kill "$p" 2>/dev/null || continue
+    for _ in $(seq 1 40); do kill -0 "$p" 2>/dev/null || break; sleep 1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -108,6 +108,7 @@ impl Ops {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).map_err(|e| format!("metrics recorder: {e}"))?;
+            crate::telemetry::enable_metrics();
             Some(handle)
         } else {
             None
