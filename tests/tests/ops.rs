@@ -306,8 +306,19 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
         .expect("a replay button for a dead letter");
     assert!(replayed.starts_with("ops-dead-"), "{replayed}");
     b.click("button.replay").await;
-    let confirmation = b.text("#replayed").await.unwrap_or_default();
-    assert!(confirmation.contains(&replayed), "{confirmation}");
+    // The form posts and the browser loads the confirmation page.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let confirmation = b.text("#replayed").await.unwrap_or_default();
+        if confirmation.contains(&replayed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replay confirmation: `{confirmation}`"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The job ran again (it fails again, by its directive): a second dead letter, redriven once.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -444,7 +444,7 @@ async fn replay(State(ops): State<Arc<Ops>>, axum::Form(form): axum::Form<Replay
         .map_or("no such dead letter".to_string(), |d| d.action.clone());
     tracing::info!(job_id = %form.job_id, sent, action = %what, "admin: replay");
     Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"1;url=/\"><title>replay</title></head><body><p id=\"replayed\">{}: {} ({} sent)</p><p><a href=\"/\">back</a></p></body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>replay</title></head><body><p id=\"replayed\">{}: {} ({} sent)</p><p><a href=\"/\">back</a></p></body></html>",
         esc(&form.job_id),
         esc(&what),
         sent
