@@ -14,21 +14,6 @@ use serde_norway::Value;
 use switchyard::config::Pipeline;
 use switchyard_e2e::repo_root;
 
-/// The metric names (as telemetry.rs had them), used only when telemetry.rs has no
-/// `"switchyard_…"` literal.
-const FALLBACK_METRICS: &[&str] = &[
-    "switchyard_jobs_total",
-    "switchyard_stage_duration_seconds",
-    "switchyard_provider_request_duration_seconds",
-    "switchyard_attempts_total",
-    "switchyard_breaker_state",
-    "switchyard_limiter_wait_milliseconds_total",
-    "switchyard_in_flight_jobs",
-    "switchyard_consumer_lag",
-    "switchyard_tokens_total",
-    "switchyard_cost_micro_usd_total",
-];
-
 /// What `.ci/run` installs to build (the Dockerfile's builder needs the same).
 const BUILD_PACKAGES: &[&str] = &[
     "build-essential",
@@ -141,31 +126,12 @@ fn metric_tokens(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// The metric names `switchyard run` exports: the `"switchyard_…"` string literals of
-/// services/switchyard/src/telemetry.rs, or the issue's list while that file has none.
+/// The metric names `switchyard run` exports (`switchyard::telemetry::METRICS`).
 fn exported_metrics() -> BTreeSet<String> {
-    let path = repo_root().join("services/switchyard/src/telemetry.rs");
-    let text = read(&path);
-    let mut names = BTreeSet::new();
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("\"switchyard_") {
-        let lit = &rest[at + 1..];
-        let end = lit
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-            .unwrap_or(lit.len());
-        if lit[end..].starts_with('"') {
-            names.insert(lit[..end].to_string());
-        }
-        rest = &lit[end..];
-    }
-    if names.is_empty() {
-        eprintln!(
-            "note: {} has no \"switchyard_…\" literals; checking against the issue's list",
-            path.display()
-        );
-        names = FALLBACK_METRICS.iter().map(|s| s.to_string()).collect();
-    }
-    names
+    switchyard::telemetry::METRICS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Exported names plus the series Prometheus derives from histograms.

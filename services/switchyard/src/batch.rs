@@ -8,7 +8,6 @@
 //! `switchyard eval`); that measures the plumbing and the cascade, not a real model.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
@@ -18,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Pipeline;
 use crate::envelope::{Intake, now};
-use crate::eval::{ORACLE, run_variant};
+use crate::eval::{ORACLE, oracle_sim, run_variant};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -314,16 +313,7 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
         .unwrap_or_else(|| default_chunk_chars(&pipeline));
     let oracle = !options.real_providers;
     let sim = if oracle {
-        let mut profile = llm_sim::Profile::default_profile()?;
-        profile.latency_scale = options.latency_scale;
-        let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .context("cannot start the in-process llm-sim")?;
-        pipeline.point_providers_at(&sim.base_url());
-        for p in pipeline.providers.values_mut() {
-            p.forward_metadata.push(ORACLE.to_string());
-        }
-        Some(sim)
+        Some(oracle_sim(&mut pipeline, options.latency_scale, None).await?)
     } else {
         None
     };

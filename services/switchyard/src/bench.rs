@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,7 @@ use anyhow::{Context, anyhow, bail};
 use rdkafka::Message;
 use serde::Serialize;
 
+use crate::chaos::{Proc, first_line};
 use crate::config::{Pipeline, PipelineFile};
 use crate::envelope::{Intake, now};
 use crate::kafka::KafkaSettings;
@@ -150,33 +151,6 @@ impl BenchReport {
         }
         s
     }
-}
-
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn first_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
-    use std::io::BufRead;
-    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut line = String::new();
-    std::io::BufReader::new(out).read_line(&mut line)?;
-    line.trim()
-        .strip_prefix(prefix)
-        .map(str::to_string)
-        .ok_or_else(|| {
-            anyhow!(
-                "expected a first line starting with `{prefix}`, got `{}`",
-                line.trim()
-            )
-        })
 }
 
 /// CPU time (user + system) of a process, from `/proc/PID/stat`.

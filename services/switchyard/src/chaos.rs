@@ -63,8 +63,9 @@ pub struct ChaosReport {
     pub elapsed_s: f64,
 }
 
-struct Proc {
-    child: Child,
+/// A child process killed when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
 }
 
 impl Drop for Proc {
@@ -74,7 +75,8 @@ impl Drop for Proc {
     }
 }
 
-fn first_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
+/// The child's first stdout line, which must start with `prefix`; the rest of it.
+pub(crate) fn first_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
     let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;

@@ -359,6 +359,28 @@ pub(crate) async fn run_variant(
     Ok(tally)
 }
 
+/// Starts the in-process simulator in oracle mode and points the pipeline's providers at it,
+/// forwarding the job's oracle metadata as a header.
+pub(crate) async fn oracle_sim(
+    pipeline: &mut Pipeline,
+    latency_scale: f64,
+    seed: Option<u64>,
+) -> anyhow::Result<llm_sim::SimServer> {
+    let mut profile = llm_sim::Profile::default_profile()?;
+    profile.latency_scale = latency_scale;
+    if let Some(seed) = seed {
+        profile.seed = seed;
+    }
+    let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot start the in-process llm-sim")?;
+    pipeline.point_providers_at(&sim.base_url());
+    for p in pipeline.providers.values_mut() {
+        p.forward_metadata.push(ORACLE.to_string());
+    }
+    Ok(sim)
+}
+
 /// Runs the evaluation.
 pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
     let mut pipeline = Pipeline::load(&options.pipeline).map_err(|e| anyhow!("{e}"))?;
@@ -368,17 +390,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
     }
     let oracle = !options.real_providers;
     let sim = if oracle {
-        let mut profile = llm_sim::Profile::default_profile()?;
-        profile.latency_scale = options.latency_scale;
-        profile.seed = options.seed;
-        let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .context("cannot start the in-process llm-sim")?;
-        pipeline.point_providers_at(&sim.base_url());
-        for p in pipeline.providers.values_mut() {
-            p.forward_metadata.push(ORACLE.to_string());
-        }
-        Some(sim)
+        Some(oracle_sim(&mut pipeline, options.latency_scale, Some(options.seed)).await?)
     } else {
         None
     };

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::config::Pipeline;
 use crate::kafka::KafkaSettings;
 use crate::provider::ProviderSet;
+use crate::report::escape_html as esc;
 use crate::runner::Readiness;
 
 /// Shared by the servers and the running pipeline.
@@ -256,22 +257,6 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     }
 }
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[derive(Debug, Deserialize)]
 struct DlqQuery {
     #[serde(default)]
@@ -455,14 +440,6 @@ async fn replay(State(ops): State<Arc<Ops>>, axum::Form(form): axum::Form<Replay
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            esc("<b a=\"1\">x & y's</b>"),
-            "&lt;b a=&quot;1&quot;&gt;x &amp; y&#39;s&lt;/b&gt;"
-        );
-    }
 
     #[test]
     fn cost_today_is_summed_per_tenant() {
