@@ -1,8 +1,8 @@
 //! The chaos drill in short form: separate processes killed and restarted at random.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use switchyard::chaos::{ChaosOptions, run_chaos};
-use switchyard_e2e::{switchyard_bin, triage_dir};
+use switchyard_cli::tools::chaos::{ChaosOptions, run_chaos};
+use switchyard_testkit::fixtures::{switchyard_bin, triage_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_drill_loses_nothing() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_norway::Value;
 use switchyard::config::Pipeline;
-use switchyard_e2e::repo_root;
+use switchyard_testkit::fixtures::repo_root;
 
 /// What `.ci/run` installs to build (the Dockerfile's builder needs the same).
 const BUILD_PACKAGES: &[&str] = &[

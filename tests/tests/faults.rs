@@ -5,11 +5,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use switchyard::demo::Tally;
-use switchyard::dlq::{Filter, list, plan_replay, read_picture, send};
 use switchyard::envelope::DeadLetterReason;
-use switchyard::produce::{read_until, reader};
-use switchyard_e2e::{Harness, copy_pipelines, ids, job, quiet_profile, spawn_run};
+use switchyard::kafka::client::{read_until, reader};
+use switchyard::output::replay::{Filter, list, plan_replay, read_picture, send};
+use switchyard_testkit::Harness;
+use switchyard_testkit::Tally;
+use switchyard_testkit::fixtures::{copy_pipelines, ids, job, quiet_profile, spawn_run};
 
 fn sigterm(child: &std::process::Child) {
     Command::new("kill")
@@ -48,7 +49,7 @@ async fn dead_letters_replay_once_and_only_once() {
 
     // The outage is over.
     for p in ["simcloud", "simedge"] {
-        h.sim
+        h.sim()
             .sim
             .set_provider_faults(p, llm_sim::FaultRates::default());
     }
@@ -133,10 +134,10 @@ async fn sigterm_commits_and_a_restart_redoes_nothing() {
         .collect();
     h.produce(&jobs).await;
 
-    let first = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim.base_url());
+    let first = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim().base_url());
     let tally = h.collect(&ids(&jobs), 0, Duration::from_secs(60)).await;
     assert_eq!(tally.finished_count(&ids(&jobs)), 120);
-    let calls_before = h.sim.sim.stats().requests;
+    let calls_before = h.sim().sim.stats().requests;
     sigterm(&first);
     let mut first = first;
     let started = Instant::now();
@@ -147,13 +148,13 @@ async fn sigterm_commits_and_a_restart_redoes_nothing() {
         started.elapsed()
     );
 
-    let mut second = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim.base_url());
+    let mut second = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim().base_url());
     // Long enough to join the group and fetch from the committed offsets.
     tokio::time::sleep(Duration::from_secs(10)).await;
     sigterm(&second);
     assert!(second.wait().unwrap().success());
     assert_eq!(
-        h.sim.sim.stats().requests,
+        h.sim().sim.stats().requests,
         calls_before,
         "the restart made no LLM call: nothing finished was redone"
     );
@@ -208,7 +209,7 @@ async fn replicas_joining_and_leaving_mid_run_lose_nothing() {
             t.finished_count(&expected)
         }
     };
-    let sim = h.sim.base_url();
+    let sim = h.sim().base_url();
     let boot = h.broker.bootstrap().to_string();
     let mut a = spawn_run(&pipelines, &boot, &sim);
     assert!(watch(80).await >= 80);
@@ -283,7 +284,7 @@ async fn huge_jobs_are_dead_lettered_without_stalling_the_partition() {
     let bigger = job("huge-300k", &"card ".repeat(60_000));
     let after = job("after-huge", "[sim:high_confidence] small one");
     let expected = ids(&[big.clone(), bigger.clone(), after.clone()]);
-    switchyard::produce::produce_jobs(
+    switchyard::kafka::client::produce_jobs(
         &producer_side,
         &h.pipeline.topics.intake,
         &[big, bigger, after],
@@ -336,7 +337,7 @@ async fn ordering_by_key_keeps_intake_order_through_escalations() {
             messages.push((format!("customer-{c:02}"), serde_json::to_vec(&j).unwrap()));
         }
     }
-    switchyard::produce::send_all(&h.kafka, &h.pipeline.topics.intake, &messages)
+    switchyard::kafka::client::send_all(&h.kafka, &h.pipeline.topics.intake, &messages)
         .await
         .unwrap();
 

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard::demo::{DemoOptions, Tally, run_demo};
 use switchyard::ledger::{LedgerStore, PgLedger, run_sink, usage};
-use switchyard_e2e::{Harness, Postgres, ids, job, quiet_profile, triage_dir};
+use switchyard_cli::tools::demo::{DemoOptions, run_demo};
+use switchyard_testkit::Harness;
+use switchyard_testkit::Tally;
+use switchyard_testkit::fixtures::{Postgres, ids, job, quiet_profile, triage_dir};
 use tokio_util::sync::CancellationToken;
 
 /// Sum of attempts and cost over what was read back.

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{Harness, copy_pipelines, ids, job, quiet_profile, run_command};
+use switchyard_testkit::Harness;
+use switchyard_testkit::fixtures::{copy_pipelines, ids, job, quiet_profile, run_command};
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -198,7 +199,7 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
     let tmp = tempfile::tempdir().unwrap();
     let pipelines = copy_pipelines(tmp.path());
     let (metrics_port, admin_port) = (free_port(), free_port());
-    let child = run_command(&pipelines, h.broker.bootstrap(), &h.sim.base_url())
+    let child = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
         .spawn()

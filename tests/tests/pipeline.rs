@@ -8,7 +8,8 @@ use base64::Engine;
 use switchyard::envelope::{
     AttemptClass, DeadLetterReason, EscalationReason, Original, compile_schema,
 };
-use switchyard_e2e::{Harness, ids, job, quiet_profile};
+use switchyard_testkit::Harness;
+use switchyard_testkit::fixtures::{ids, job, quiet_profile};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -181,7 +182,7 @@ async fn first_provider_500_falls_back_to_the_next() {
     );
     assert_eq!(r.attempts[1].provider, "simedge");
     assert_eq!(r.attempts[1].class, AttemptClass::Ok);
-    let stats = h.sim.sim.stats();
+    let stats = h.sim().sim.stats();
     assert_eq!(stats.by_provider["simcloud"], 1);
 }
 

@@ -8,9 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use switchyard::config::Pipeline;
-use switchyard::demo::Tally;
-use switchyard::produce::{read_until, reader};
-use switchyard_e2e::{copy_pipelines, quiet_profile, spawn_run, switchyard_bin, test_kafka};
+use switchyard::kafka::client::{read_until, reader};
+use switchyard_testkit::Tally;
+use switchyard_testkit::fixtures::{
+    copy_pipelines, quiet_profile, spawn_run, switchyard_bin, test_kafka,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_broker_produce_and_run_as_separate_processes() {

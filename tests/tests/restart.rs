@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard::demo::Tally;
-use switchyard::produce::{read_until, reader};
-use switchyard_e2e::{Harness, copy_pipelines, ids, job, spawn_run};
+use switchyard::kafka::client::{read_until, reader};
+use switchyard_testkit::Harness;
+use switchyard_testkit::Tally;
+use switchyard_testkit::fixtures::{copy_pipelines, ids, job, spawn_run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_and_restarted_pipeline_finishes_every_job() {
@@ -39,7 +40,7 @@ async fn killed_and_restarted_pipeline_finishes_every_job() {
     let expected = ids(&jobs);
     h.produce(&jobs).await;
 
-    let mut first = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim.base_url());
+    let mut first = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim().base_url());
     // Watch the outputs and kill the process once some, but not all, jobs are done.
     let consumer = reader(
         &h.kafka,
@@ -67,7 +68,7 @@ async fn killed_and_restarted_pipeline_finishes_every_job() {
         "the kill must land mid-stream (all {done_at_kill} were done)"
     );
 
-    let mut second = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim.base_url());
+    let mut second = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim().base_url());
     let tally = h.collect(&expected, 0, Duration::from_secs(60)).await;
     second.kill().unwrap();
     second.wait().unwrap();

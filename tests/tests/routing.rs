@@ -7,7 +7,8 @@ use std::time::Duration;
 use switchyard::config::{ApiFamily, ProviderKey};
 use switchyard::envelope::{AttemptClass, DeadLetterReason, compile_schema};
 use switchyard::secret::{KeyRef, Secret};
-use switchyard_e2e::{Harness, ids, job, quiet_profile};
+use switchyard_testkit::Harness;
+use switchyard_testkit::fixtures::{ids, job, quiet_profile};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -36,7 +37,7 @@ async fn anthropic_messages_adapter_round_trip() {
     let validator = compile_schema(&h.pipeline.stages[0].output_schema).unwrap();
     assert!(validator.is_valid(&r.output), "{}", r.output);
     // It really went through the Messages API.
-    let stats = h.sim.sim.stats();
+    let stats = h.sim().sim.stats();
     assert_eq!(stats.by_provider["simedge"], 1);
     assert_eq!(stats.by_status["200"], 1);
 }
@@ -101,7 +102,7 @@ async fn a_revoked_key_is_taken_out_of_rotation() {
             rs[0].attempts
         );
     }
-    let stats = h.sim.sim.stats();
+    let stats = h.sim().sim.stats();
     let revoked = llm_sim::stats::key_label("sk-revoked-0001");
     assert_eq!(stats.keys[&revoked].requests, 1);
     // No key value anywhere in what was published.
@@ -221,7 +222,7 @@ async fn demand_above_a_key_limit_waits_instead_of_drawing_429s() {
         tally.dead
     );
     assert!(jobs.iter().all(|j| tally.results.contains_key(&j.job_id)));
-    let stats = h.sim.sim.stats();
+    let stats = h.sim().sim.stats();
     assert_eq!(
         stats.sent_429, 0,
         "the limit is kept, not discovered through 429s"

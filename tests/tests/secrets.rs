@@ -5,9 +5,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use switchyard::kafka::client::{read_until, reader};
 use switchyard::ledger::{LedgerStore, PgLedger};
-use switchyard::produce::{read_until, reader};
-use switchyard_e2e::{Harness, Postgres, copy_pipelines, ids, job, quiet_profile, run_command};
+use switchyard_testkit::Harness;
+use switchyard_testkit::fixtures::{
+    Postgres, copy_pipelines, ids, job, quiet_profile, run_command,
+};
 
 const SHARED: &str = "sk-scrub-shared-9f3a0c";
 const REVOKED: &str = "sk-scrub-revoked-77aa1e";
@@ -59,7 +62,7 @@ async fn no_key_value_appears_in_logs_topics_ledger_or_stats() {
 
     let log = dir.path().join("run.log");
     let log_file = std::fs::File::create(&log).unwrap();
-    let mut run = run_command(&pipelines, h.broker.bootstrap(), &h.sim.base_url())
+    let mut run = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
         .env("SCRUB_SHARED", SHARED)
         .env("SCRUB_REVOKED", REVOKED)
         .env("SCRUB_TENANT", TENANT)
@@ -146,7 +149,7 @@ async fn no_key_value_appears_in_logs_topics_ledger_or_stats() {
             corpus.push_str(&row.get::<_, String>(0));
         }
     }
-    corpus.push_str(&serde_json::to_string(&h.sim.sim.stats()).unwrap());
+    corpus.push_str(&serde_json::to_string(&h.sim().sim.stats()).unwrap());
 
     // The search covered real material: trace logs, the revoked key's 401, key references.
     assert!(corpus.contains("TRACE"), "trace logging was on");

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use switchyard::config::tenant::Tenant;
 use switchyard::config::{DataPolicy, ProviderKey};
 use switchyard::envelope::{AttemptClass, DeadLetterReason};
 use switchyard::money::MicroUsd;
 use switchyard::secret::{KeyRef, Secret};
-use switchyard::tenant::Tenant;
-use switchyard_e2e::{Harness, ids, job, quiet_profile};
+use switchyard_testkit::Harness;
+use switchyard_testkit::fixtures::{ids, job, quiet_profile};
 
 const WAIT: Duration = Duration::from_secs(30);
 

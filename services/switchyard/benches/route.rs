@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use switchyard::config::{DataPolicy, Endpoint, MaxPrice, ProviderPrefs, RouteModel, Variant};
-use switchyard::health::{BreakerConfig, Health};
 use switchyard::money::PerMTok;
+use switchyard::route::health::{BreakerConfig, Health};
 use switchyard::route::{Needs, plan};
 
 fn catalog() -> Vec<RouteModel> {

@@ -280,6 +280,29 @@ impl DeadLetterReason {
     }
 }
 
+/// How a job left a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEnd {
+    /// Published as a result.
+    Result,
+    /// Handed to the next stage.
+    Escalated,
+    /// Dead-lettered.
+    DeadLetter,
+}
+
+impl JobEnd {
+    /// The name used in metrics and the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobEnd::Result => "result",
+            JobEnd::Escalated => "escalated",
+            JobEnd::DeadLetter => "dead_letter",
+        }
+    }
+}
+
 /// The message as it arrived, kept whole in a dead letter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "encoding", content = "data", rename_all = "snake_case")]

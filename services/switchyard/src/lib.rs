@@ -5,21 +5,36 @@
 //! output schema (with one repair re-ask), and lets the gate accept, escalate to the next
 //! stage's topic, or dead-letter. Nothing is dropped: every job ends on the results topic or
 //! the dead-letter topic with its reason.
+//!
+//! This crate is the product only; the `switchyard` command and its tools live in
+//! `switchyard-cli`, the shared test harness in `switchyard-testkit`. Modules, in the order a
+//! job meets them:
+//!
+//! - [`app`]: the composition root; wires a pipeline into running stages.
+//! - [`config`]: pipeline, catalog, providers and tenants files → resolved types, with errors
+//!   at exact lines.
+//! - [`intake`]: Kafka only — receive, decode to a typed [`envelope::Job`], run the stage, hand
+//!   the outcome to [`output`], store the offset.
+//! - [`stage`]: one job through one stage: prompt, the attempt loop, validation, repair.
+//! - [`gate`]: the pure verdict on a validated output.
+//! - [`route`]: the pure plan of candidates, and endpoint health with circuit breakers.
+//! - [`provider`]: one file per API family behind the [`provider::ProviderApi`] trait.
+//! - [`limit`]: rates, concurrency and key standing; tenant budgets.
+//! - [`output`]: envelopes composed from outcomes, publishing, dead-letter replay.
+//! - [`ledger`]: typed records of every call and job, the store, the sink, usage.
+//! - [`telemetry`] and [`ops`]: typed events and metrics; health, readiness and admin pages.
+//!
+//! Leaves used across the path: [`envelope`] (wire types), [`ids`], [`money`], [`secret`],
+//! [`kafka`] (client settings and helpers), [`prompt`] (templates) and [`classify`] (the local
+//! tier's model) — the last two are leaves rather than part of `stage` because configuration
+//! loading checks templates and trains the local tier, so errors point at the file and line.
 
-pub mod batch;
-pub mod bench;
-pub mod broker;
-pub mod catalog;
-pub mod chaos;
+pub mod app;
 pub mod classify;
-pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod dlq;
 pub mod envelope;
-pub mod eval;
 pub mod gate;
-pub mod health;
+pub mod ids;
 pub mod intake;
 pub mod kafka;
 pub mod ledger;
@@ -27,13 +42,9 @@ pub mod limit;
 pub mod money;
 pub mod ops;
 pub mod output;
-pub mod produce;
 pub mod prompt;
 pub mod provider;
-pub mod report;
 pub mod route;
-pub mod runner;
 pub mod secret;
 pub mod stage;
 pub mod telemetry;
-pub mod tenant;

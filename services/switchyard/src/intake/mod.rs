@@ -10,6 +10,8 @@
 //! time to finish, then the final offsets are committed synchronously; on shutdown, fetching
 //! stops, in-flight jobs finish (up to a deadline) and offsets are committed before exit.
 
+pub mod decode;
+pub mod readiness;
 pub mod watermark;
 
 use std::collections::HashMap;
@@ -24,20 +26,18 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Pipeline;
-use crate::envelope::{
-    DeadLetter, DeadLetterReason, Escalation, EscalationStep, Intake, JobResult, Original, Schemas,
-    Source, now, validation_errors,
-};
+use crate::envelope::{Schemas, Source};
 use crate::kafka::KafkaSettings;
-use crate::ledger::{LedgerJob, LedgerRecord};
-use crate::output::{Envelope, Output, PublishError};
+use crate::output::compose::{Composed, Composer, Input};
+use crate::output::{Output, PublishError};
 use crate::stage::{Outcome, StageRunner};
+use crate::telemetry::Telemetry;
+use decode::{Decoder, Job};
+use readiness::Readiness;
 use watermark::{Caps, Ticket, Watermarks};
 
 /// What one stage worker shares with its job tasks.
@@ -53,6 +53,19 @@ pub struct StageShared {
     pub output: Arc<Output>,
     /// With `ordering: key`, the first stage runs the later stages inline: their runners.
     pub inline: Vec<StageRunner>,
+    /// Where telemetry events go.
+    pub telemetry: Telemetry,
+}
+
+impl StageShared {
+    /// The composer of this stage's envelopes.
+    pub fn composer(&self) -> Composer<'_> {
+        Composer {
+            pipeline: &self.pipeline,
+            stage: &self.runner.stage.name,
+            schemas: &self.schemas,
+        }
+    }
 }
 
 /// An error that stops a stage worker.
@@ -89,7 +102,8 @@ struct StageContext {
     pipeline: String,
     stage: String,
     rebalance_timeout: Duration,
-    readiness: Arc<crate::runner::Readiness>,
+    readiness: Arc<Readiness>,
+    telemetry: Telemetry,
     /// Per assigned partition: cancelled when it is revoked, so jobs left running past the
     /// drain stop instead of publishing what the next owner will publish again.
     partition_tokens: PartitionTokens,
@@ -111,7 +125,7 @@ impl ClientContext for StageContext {
                         partition: *id,
                         lag: part.consumer_lag,
                     }
-                    .emit();
+                    .emit(&self.telemetry);
                 }
             }
         }
@@ -283,7 +297,7 @@ pub async fn run_stage(
     shared: Arc<StageShared>,
     kafka: &KafkaSettings,
     group: &str,
-    readiness: Arc<crate::runner::Readiness>,
+    readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let stage = shared.runner.stage.name.clone();
@@ -311,6 +325,7 @@ pub async fn run_stage(
         stage: stage.clone(),
         rebalance_timeout: conc.rebalance_timeout,
         readiness,
+        telemetry: shared.telemetry.clone(),
     };
     let consumer_error = |source| WorkerError::Consumer {
         stage: stage.clone(),
@@ -341,7 +356,7 @@ pub async fn run_stage(
                 stage: &stage,
                 jobs: t.in_flight(),
             }
-            .emit();
+            .emit(&shared.telemetry);
             let full = t.in_flight() >= stage_cap;
             if !full {
                 full_since = None;
@@ -515,8 +530,8 @@ impl JobTask {
             let _ = previous.await;
         }
         let started = Instant::now();
-        let envelopes = tokio::select! {
-            e = process(&self.shared, &received) => e,
+        let Composed { envelopes, end } = tokio::select! {
+            c = process(&self.shared, &received) => c,
             // Revoked (after the drain) or shut down: hand the job back.
             _ = self.abandon.cancelled() => return,
         };
@@ -536,7 +551,11 @@ impl JobTask {
                 }
                 Err(e @ PublishError::Refused { .. }) => {
                     // The broker will never take this output: dead-letter the job instead.
-                    let dl = refused_dead_letter(&self.shared, &received, &e);
+                    let input = Input {
+                        source: &received.source,
+                        payload: &received.payload,
+                    };
+                    let dl = self.shared.composer().refused(input, &e.to_string());
                     if self
                         .shared
                         .output
@@ -558,23 +577,13 @@ impl JobTask {
                 }
             }
         }
-        let topics = &self.shared.pipeline.topics;
-        let outcome = if envelopes.iter().any(|e| e.topic == topics.results) {
-            "result"
-        } else if envelopes.iter().any(|e| e.topic == topics.dlq) {
-            "dead_letter"
-        } else {
-            "escalated"
-        };
-        let stage = &self.shared.runner.stage.name;
         crate::telemetry::JobFinished {
             pipeline: &self.shared.pipeline.name,
-            stage,
-            outcome,
+            stage: &self.shared.runner.stage.name,
+            outcome: end,
             duration: started.elapsed(),
         }
-        .emit();
-        crate::ops::count_job(stage, outcome);
+        .emit(&self.shared.telemetry);
         let mut t = lock(&self.tracker);
         let actions = t.finish(ticket);
         if let Some((p, w)) = actions.store
@@ -591,490 +600,60 @@ impl JobTask {
     }
 }
 
-/// Turns one input message into the envelope(s) to publish. Never fails: anything that cannot
-/// be done becomes a dead letter with the reason.
-pub async fn process(shared: &StageShared, received: &Received) -> Vec<Envelope> {
-    let (mut outputs, attempts, job, result_record) = outputs(shared, received).await;
-    let ledger = ledger_records(
-        shared,
-        received,
-        &outputs,
-        attempts,
-        job.as_ref(),
-        result_record,
-    );
-    outputs.extend(ledger);
-    outputs
-}
-
-/// The ledger records for one processed message: this stage's attempts, and the job's final
-/// outcome when this message ended it (`result_record` for a result, read back from the dead
-/// letter built otherwise).
-fn ledger_records(
-    shared: &StageShared,
-    received: &Received,
-    outputs: &[Envelope],
-    attempts: Vec<crate::envelope::Attempt>,
-    job: Option<&Intake>,
-    mut result_record: Option<LedgerJob>,
-) -> Vec<Envelope> {
-    use crate::ledger::LedgerAttempt;
-    let pipeline = &shared.pipeline;
-    let at = now();
-    let (job_id, tenant) = match job {
-        Some(j) => (j.job_id.clone(), j.tenant.clone()),
-        None => (
-            job_id_hint(&received.payload).unwrap_or_else(|| {
-                format!(
-                    "{}/{}/{}",
-                    received.source.topic, received.source.partition, received.source.offset
-                )
-            }),
-            String::new(),
-        ),
-    };
-    let mut records: Vec<LedgerRecord> = attempts
-        .into_iter()
-        .map(|attempt| {
-            LedgerRecord::Attempt(LedgerAttempt {
-                job_id: job_id.clone(),
-                tenant: tenant.clone(),
-                pipeline: pipeline.name.clone(),
-                at,
-                attempt,
-            })
-        })
-        .collect();
-    // Cost today by tenant, for the admin page: every attempt's cost, as it is spent.
-    let spent: u64 = records
-        .iter()
-        .filter_map(|r| match r {
-            LedgerRecord::Attempt(a) => Some(a.attempt.cost_micro_usd.0),
-            LedgerRecord::Job(_) => None,
-        })
-        .sum();
-    if spent > 0 {
-        crate::ops::count_cost(&tenant, spent);
-    }
-    for out in outputs {
-        let record = if out.topic == pipeline.topics.results {
-            result_record.take().map(|mut r| {
-                r.at = at;
-                r
-            })
-        } else if out.topic == pipeline.topics.dlq {
-            serde_json::from_slice::<DeadLetter>(&out.payload)
-                .ok()
-                .map(|d| LedgerJob {
-                    job_id: d.job_id.unwrap_or_else(|| job_id.clone()),
-                    tenant: d.tenant.unwrap_or_default(),
-                    pipeline: d.pipeline,
-                    outcome: "dead_letter".into(),
-                    stage: d.stage,
-                    reason: Some(d.reason.as_str().to_string()),
-                    escalated: !d.escalations.is_empty(),
-                    escalation_reasons: escalation_reasons(&d.escalations),
-                    needs_review: false,
-                    cost_micro_usd: d.attempts.iter().map(|a| a.cost_micro_usd.0).sum(),
-                    latency_ms: None,
-                    at,
-                })
-        } else {
-            None
-        };
-        records.extend(record.map(LedgerRecord::Job));
-    }
-    records
-        .iter()
-        .map(|r| Envelope {
-            topic: pipeline.topics.ledger.clone(),
-            key: job_id.clone(),
-            payload: serde_json::to_vec(r).unwrap_or_default(),
-            headers: vec![("switchyard.job_id", job_id.clone())],
-        })
-        .collect()
-}
-
-/// Every escalation's reason, by name.
-fn escalation_reasons(steps: &[EscalationStep]) -> Vec<String> {
-    steps
-        .iter()
-        .map(|s| s.reason.as_str().to_string())
-        .collect()
-}
-
-/// The ledger's record of a job that ended with `result`.
-fn result_ledger_job(r: &JobResult) -> LedgerJob {
-    LedgerJob {
-        job_id: r.job_id.clone(),
-        tenant: r.tenant.clone(),
-        pipeline: r.pipeline.clone(),
-        outcome: "result".into(),
-        stage: r.stage.clone(),
-        reason: None,
-        escalated: !r.escalations.is_empty(),
-        escalation_reasons: escalation_reasons(&r.escalations),
-        needs_review: r.needs_review,
-        cost_micro_usd: r.cost_micro_usd.0,
-        latency_ms: Some(r.latency_ms),
-        at: r.completed_at,
-    }
-}
-
-type Outputs = (
-    Vec<Envelope>,
-    Vec<crate::envelope::Attempt>,
-    Option<Intake>,
-    Option<LedgerJob>,
-);
-
-async fn outputs(shared: &StageShared, received: &Received) -> Outputs {
+/// Turns one input message into the envelopes to publish and how the job left. Never fails:
+/// anything that cannot be done becomes a dead letter with the reason.
+pub async fn process(shared: &StageShared, received: &Received) -> Composed {
     let stage = &shared.runner.stage;
-    let pipeline = &shared.pipeline;
-    let (job, history, prior) = match read_input(shared, &received.payload) {
-        Ok(x) => x,
-        Err(detail) => {
-            let dl = DeadLetter {
-                job_id: job_id_hint(&received.payload),
-                tenant: None,
-                pipeline: pipeline.name.clone(),
-                stage: stage.name.clone(),
-                reason: DeadLetterReason::InvalidIntake,
-                detail: format!(
-                    "{detail} (topic {} partition {} offset {})",
-                    received.source.topic, received.source.partition, received.source.offset
-                ),
-                original: Original::from_bytes(&received.payload),
-                source: received.source.clone(),
-                attempts: Vec::new(),
-                escalations: Vec::new(),
-                redrive_count: 0,
-                replayable: false,
-                failed_at: now(),
-            };
-            return (
-                vec![dead_letter_envelope(shared, &dl, received)],
-                Vec::new(),
-                None,
-                None,
-            );
-        }
+    let composer = shared.composer();
+    let input = Input {
+        source: &received.source,
+        payload: &received.payload,
     };
-    let span = tracing::info_span!("job", job_id = %job.job_id, tenant = %job.tenant, pipeline = %pipeline.name, stage = %stage.name);
+    let decoder = Decoder {
+        pipeline: &shared.pipeline.name,
+        stage: &stage.name,
+        first: stage.index == 0,
+        schemas: &shared.schemas,
+    };
+    let Job {
+        intake: job,
+        mut history,
+        prior,
+    } = match decoder.decode(&received.payload) {
+        Ok(j) => j,
+        Err(e) => return composer.undecodable(input, &e.to_string()),
+    };
+    let span = tracing::info_span!("job", job_id = %job.job_id, tenant = %job.tenant, pipeline = %shared.pipeline.name, stage = %stage.name);
     let mut run = shared
         .runner
         .run(&job, &history)
         .instrument(span.clone())
         .await;
-    let mut this_stage = run.attempts.clone();
-    let mut history = history;
+    let mut this_stage = std::mem::take(&mut run.attempts);
     // Ordered pipelines escalate inline, so a job's result is out before the next job of its
     // key starts.
-    let mut stage = stage;
+    let mut decided_by = stage.name.as_str();
     for next in &shared.inline {
         let Outcome::Escalate(step) = &run.outcome else {
             break;
         };
         history.push(step.clone());
         run = next.run(&job, &history).instrument(span.clone()).await;
-        this_stage.extend(run.attempts.iter().cloned());
-        stage = &next.stage;
+        this_stage.append(&mut run.attempts);
+        decided_by = &next.stage.name;
     }
-    let mut attempts = prior;
-    attempts.extend(this_stage.iter().cloned());
-    let key = received
-        .source
-        .key
-        .clone()
-        .unwrap_or_else(|| job.job_id.clone());
-    let mut result_record = None;
-    let outs = match run.outcome {
-        Outcome::Accept {
-            output,
-            confidence,
-            review,
-        } => {
-            let completed_at = now();
-            let latency_ms = (completed_at - job.created_at).whole_milliseconds().max(0) as u64;
-            let result = JobResult {
-                job_id: job.job_id.clone(),
-                tenant: job.tenant.clone(),
-                pipeline: pipeline.name.clone(),
-                stage: stage.name.clone(),
-                output,
-                confidence,
-                needs_review: review.is_some(),
-                review_reason: review,
-                cost_micro_usd: attempts.iter().map(|a| a.cost_micro_usd).sum(),
-                escalations: history,
-                attempts,
-                created_at: job.created_at,
-                completed_at,
-                latency_ms,
-                metadata: job.metadata.clone(),
-            };
-            let env = envelope(
-                &pipeline.topics.results,
-                key,
-                &result,
-                &job.job_id,
-                &stage.name,
-                None,
-            );
-            result_record = Some(result_ledger_job(&result));
-            checked(shared, &shared.schemas.result, env, &result, received)
-        }
-        Outcome::Escalate(step) => {
-            let to = step.to_stage.clone();
-            let Some(next) = pipeline.stages.iter().find(|s| s.name == to) else {
-                // Cannot happen with a loaded pipeline; dead-letter rather than lose the job.
-                let dl = job_dead_letter(
-                    shared,
-                    received,
-                    &job,
-                    history,
-                    attempts,
-                    DeadLetterReason::OutputRejected,
-                    format!("escalation target stage `{to}` does not exist"),
-                );
-                return (
-                    vec![dead_letter_envelope(shared, &dl, received)],
-                    this_stage,
-                    Some(job),
-                    None,
-                );
-            };
-            let mut escalations = history;
-            escalations.push(step);
-            let reason = escalations
-                .last()
-                .map(|s| s.reason.as_str().to_string())
-                .unwrap_or_default();
-            let esc = Escalation {
-                job: job.clone(),
-                to_stage: to,
-                escalations,
-                attempts,
-            };
-            let env = envelope(
-                &next.input_topic,
-                key,
-                &esc,
-                &job.job_id,
-                &stage.name,
-                Some(reason),
-            );
-            checked(shared, &shared.schemas.escalation, env, &esc, received)
-        }
-        Outcome::DeadLetter { reason, detail } => {
-            let mut dl = job_dead_letter(shared, received, &job, history, attempts, reason, detail);
-            dl.stage = stage.name.clone();
-            vec![dead_letter_envelope(shared, &dl, received)]
-        }
-    };
-    (outs, this_stage, Some(job), result_record)
-}
-
-type Input = (Intake, Vec<EscalationStep>, Vec<crate::envelope::Attempt>);
-
-fn read_input(shared: &StageShared, payload: &[u8]) -> Result<Input, String> {
-    let stage = &shared.runner.stage;
-    if payload.is_empty() {
-        return Err("empty message: a job must be a JSON object".into());
+    crate::telemetry::TenantSpent {
+        tenant: &job.tenant,
+        cost: this_stage.iter().map(|a| a.cost_micro_usd).sum(),
     }
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| format!("message is not UTF-8 ({e}); a job must be UTF-8 JSON"))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("message is not JSON: {e}"))?;
-    let (validator, what) = if stage.index == 0 {
-        (&shared.schemas.intake, "intake job")
-    } else {
-        (&shared.schemas.escalation, "escalation")
-    };
-    let errors = validation_errors(validator, &value, 8);
-    if !errors.is_empty() {
-        return Err(format!(
-            "not a valid {what} (schemas/{}.schema.json): {}",
-            if stage.index == 0 {
-                "intake"
-            } else {
-                "escalation"
-            },
-            errors.join("; ")
-        ));
-    }
-    let (job, history, prior) = if stage.index == 0 {
-        let job: Intake =
-            serde_json::from_value(value).map_err(|e| format!("not a valid intake job: {e}"))?;
-        (job, Vec::new(), Vec::new())
-    } else {
-        let esc: Escalation =
-            serde_json::from_value(value).map_err(|e| format!("not a valid escalation: {e}"))?;
-        if esc.to_stage != stage.name {
-            return Err(format!(
-                "escalation is addressed to stage `{}`, but this is stage `{}`",
-                esc.to_stage, stage.name
-            ));
-        }
-        (esc.job, esc.escalations, esc.attempts)
-    };
-    if job.pipeline != shared.pipeline.name {
-        return Err(format!(
-            "job names pipeline `{}`, but this topic belongs to pipeline `{}`; send it to that pipeline's intake topic",
-            job.pipeline, shared.pipeline.name
-        ));
-    }
-    Ok((job, history, prior))
-}
-
-fn job_id_hint(payload: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    v.get("job_id")
-        .or_else(|| v.pointer("/job/job_id"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-fn job_dead_letter(
-    shared: &StageShared,
-    received: &Received,
-    job: &Intake,
-    escalations: Vec<EscalationStep>,
-    attempts: Vec<crate::envelope::Attempt>,
-    reason: DeadLetterReason,
-    detail: String,
-) -> DeadLetter {
-    DeadLetter {
-        job_id: Some(job.job_id.clone()),
-        tenant: Some(job.tenant.clone()),
-        pipeline: shared.pipeline.name.clone(),
-        stage: shared.runner.stage.name.clone(),
-        reason,
-        detail,
-        // The intake job itself, so a replay can send it straight back.
-        original: Original::Json(serde_json::to_value(job).unwrap_or(Value::Null)),
-        source: received.source.clone(),
-        attempts,
-        escalations,
-        redrive_count: job.redrive_count,
-        replayable: reason.replayable(),
-        failed_at: now(),
-    }
-}
-
-fn refused_dead_letter(shared: &StageShared, received: &Received, e: &PublishError) -> Envelope {
-    let dl = DeadLetter {
-        job_id: job_id_hint(&received.payload),
-        tenant: None,
-        pipeline: shared.pipeline.name.clone(),
-        stage: shared.runner.stage.name.clone(),
-        reason: DeadLetterReason::OutputRejected,
-        detail: format!(
-            "{e}; the stage's output could not be published (input of {} bytes at {}/{}/{})",
-            received.payload.len(),
-            received.source.topic,
-            received.source.partition,
-            received.source.offset
-        ),
-        // The whole input may be what made the output too large: keep a bounded excerpt; the
-        // source position finds the rest.
-        original: Original::from_bytes(&received.payload[..received.payload.len().min(16 * 1024)]),
-        source: received.source.clone(),
-        attempts: Vec::new(),
-        escalations: Vec::new(),
-        redrive_count: 0,
-        replayable: true,
-        failed_at: now(),
-    };
-    dead_letter_envelope(shared, &dl, received)
-}
-
-fn dead_letter_envelope(shared: &StageShared, dl: &DeadLetter, received: &Received) -> Envelope {
-    let key = received
-        .source
-        .key
-        .clone()
-        .or_else(|| dl.job_id.clone())
-        .unwrap_or_else(|| format!("{}-{}", received.source.partition, received.source.offset));
-    let mut env = envelope(
-        &shared.pipeline.topics.dlq,
-        key,
-        dl,
-        dl.job_id.as_deref().unwrap_or(""),
-        &dl.stage,
-        Some(dl.reason.as_str().to_string()),
-    );
-    if let Ok(v) = serde_json::to_value(dl) {
-        let errors = validation_errors(&shared.schemas.dead_letter, &v, 4);
-        if !errors.is_empty() {
-            tracing::error!(
-                ?errors,
-                "dead letter does not match schemas/dead-letter.schema.json (a bug); publishing anyway so nothing is lost"
-            );
-        }
-    }
-    env.headers
-        .push(("switchyard.replayable", dl.replayable.to_string()));
-    env
-}
-
-fn envelope<T: Serialize>(
-    topic: &str,
-    key: String,
-    body: &T,
-    job_id: &str,
-    stage: &str,
-    reason: Option<String>,
-) -> Envelope {
-    let mut headers = vec![
-        ("switchyard.job_id", job_id.to_string()),
-        ("switchyard.stage", stage.to_string()),
-    ];
-    if let Some(r) = reason {
-        headers.push(("switchyard.reason", r));
-    }
-    Envelope {
-        topic: topic.to_string(),
-        key,
-        payload: serde_json::to_vec(body).unwrap_or_default(),
-        headers,
-    }
-}
-
-/// Validates an outgoing envelope; one that breaks its schema (a bug) is dead-lettered
-/// instead, with the validator's errors, so the job is not lost.
-fn checked<T: Serialize>(
-    shared: &StageShared,
-    validator: &jsonschema::Validator,
-    env: Envelope,
-    body: &T,
-    received: &Received,
-) -> Vec<Envelope> {
-    let errors = serde_json::to_value(body)
-        .map(|v| validation_errors(validator, &v, 4))
-        .unwrap_or_else(|e| vec![e.to_string()]);
-    if errors.is_empty() {
-        return vec![env];
-    }
-    tracing::error!(?errors, topic = %env.topic, "outgoing envelope breaks its schema (a bug); dead-lettering the job");
-    let dl = DeadLetter {
-        job_id: job_id_hint(&received.payload),
-        tenant: None,
-        pipeline: shared.pipeline.name.clone(),
-        stage: shared.runner.stage.name.clone(),
-        reason: DeadLetterReason::OutputRejected,
-        detail: format!(
-            "outgoing envelope for {} broke its schema: {}",
-            env.topic,
-            errors.join("; ")
-        ),
-        original: Original::from_bytes(&received.payload),
-        source: received.source.clone(),
-        attempts: Vec::new(),
-        escalations: Vec::new(),
-        redrive_count: 0,
-        replayable: true,
-        failed_at: now(),
-    };
-    vec![dead_letter_envelope(shared, &dl, received)]
+    .emit(&shared.telemetry);
+    composer.outcome(
+        input,
+        &job,
+        decided_by,
+        run.outcome,
+        history,
+        prior,
+        this_stage,
+    )
 }

@@ -402,55 +402,50 @@ pub(crate) fn http_error(
     }
 }
 
-/// Every provider a pipeline uses: adapters sharing one HTTP pool, their capacity, and the
-/// health of their endpoints.
-#[derive(Debug)]
-pub struct ProviderSet {
-    adapters: std::collections::HashMap<String, Arc<dyn ProviderApi>>,
-    /// Rate limits, concurrency caps and key standing.
-    pub limits: crate::limit::Limits,
-    /// Endpoint health and breakers.
-    pub health: crate::health::Health,
-    /// Spend per tenant, for budgets.
-    pub spend: crate::tenant::Spend,
+/// The HTTP client every adapter of a process shares (one connection pool).
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
 }
 
-impl ProviderSet {
-    /// Adapters, limits and health tracking for `providers`, with tenants' own keys.
+/// Every provider a pipeline uses, by name: the seam between the attempt loop and the
+/// providers' APIs. The product fills it with HTTP adapters ([`Adapters::new`]); tests insert
+/// scripted fakes ([`Adapters::from_apis`]).
+#[derive(Debug, Default, Clone)]
+pub struct Adapters {
+    by_name: std::collections::HashMap<String, Arc<dyn ProviderApi>>,
+}
+
+impl Adapters {
+    /// An HTTP adapter for each configured provider, sharing `http`'s connection pool.
     pub fn new<'a>(
-        providers: impl IntoIterator<Item = &'a Provider> + Clone,
-        tenants: Option<&'a std::collections::BTreeMap<String, crate::tenant::Tenant>>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .build()?;
-        let adapters = providers
-            .clone()
-            .into_iter()
-            .map(|p| (p.name.clone(), adapter(p, http.clone())))
-            .collect();
-        Ok(Self {
-            adapters,
-            limits: crate::limit::Limits::new(providers).with_tenant_keys(
-                tenants.into_iter().flat_map(|m| m.values()).flat_map(|t| {
-                    t.keys
-                        .iter()
-                        .map(move |(p, k)| (t.name.as_str(), p.as_str(), k))
-                }),
-            ),
-            health: crate::health::Health::new(crate::health::BreakerConfig::default()),
-            spend: crate::tenant::Spend::default(),
-        })
+        providers: impl IntoIterator<Item = &'a Provider>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            by_name: providers
+                .into_iter()
+                .map(|p| (p.name.clone(), adapter(p, http.clone())))
+                .collect(),
+        }
     }
 
-    /// Sends the request (capacity must already have been granted).
+    /// Any implementations of the API, by provider name.
+    pub fn from_apis(apis: impl IntoIterator<Item = (String, Arc<dyn ProviderApi>)>) -> Self {
+        Self {
+            by_name: apis.into_iter().collect(),
+        }
+    }
+
+    /// Sends the request to `provider` (capacity must already have been granted).
     pub async fn call(
         &self,
         provider: &str,
         request: &ChatRequest<'_>,
     ) -> Result<Completion, ProviderError> {
-        let Some(adapter) = self.adapters.get(provider) else {
+        let Some(adapter) = self.by_name.get(provider) else {
             return Err(ProviderError {
                 class: AttemptClass::Catalog,
                 status: None,

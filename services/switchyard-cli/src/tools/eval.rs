@@ -1,0 +1,497 @@
+//! `switchyard eval`: labelled jobs through the pipeline and through two baselines — the first
+//! stage's prompt on the cheap models only, and on the last stage's (strong) models only — on an
+//! embedded broker, reporting accuracy, escalation rate, cost per job and p95 latency for each.
+//!
+//! Against the simulator, each job carries its gold label in the `x-sim-oracle` metadata entry,
+//! which the simulated providers forward as a header (oracle mode): a simulated model answers
+//! right with probability equal to its reported, calibrated confidence. That measures the gate
+//! and the cascade, not any real model. With real providers (`--providers real`) the label stays
+//! in Switchyard and the models answer for themselves.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use switchyard::config::Pipeline;
+use switchyard::envelope::{Intake, now};
+use switchyard_testkit::{Harness, Tally};
+
+/// The metadata entry (and header) that carries the gold answer to the simulator.
+pub const ORACLE: &str = "x-sim-oracle";
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Pipeline folder.
+    pub pipeline: PathBuf,
+    /// Labelled jobs: JSON lines `{"payload": {...}, "label": "..."}`.
+    pub data: PathBuf,
+    /// The output field the label is compared with.
+    pub label_field: String,
+    /// Evaluate only the first N jobs.
+    pub limit: Option<usize>,
+    /// Call the providers configured in providers.yaml instead of the in-process simulator.
+    pub real_providers: bool,
+    /// Simulator latency scale.
+    pub latency_scale: f64,
+    /// Simulator seed.
+    pub seed: u64,
+    /// Progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Row {
+    /// Share of jobs whose output label equals the gold label (dead letters count as wrong).
+    pub accuracy: f64,
+    /// Cost per job, US dollars.
+    pub cost_usd: f64,
+    /// Share of jobs escalated past their first stage.
+    pub escalation_rate: f64,
+    /// 95th percentile of job latency (intake to result), ms.
+    pub p95_ms: u64,
+    /// Jobs evaluated.
+    pub jobs: usize,
+    /// Jobs dead-lettered.
+    pub dead_lettered: usize,
+    /// Total cost, micro-dollars.
+    pub cost_micro_usd: u64,
+}
+
+/// The report; `--json` prints it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvalReport {
+    /// The pipeline as configured.
+    pub pipeline: Row,
+    /// The first stage on its cheap models, nothing escalated.
+    pub cheap_only: Row,
+    /// The first stage's prompt on the last stage's (strong) models.
+    pub strong_only: Row,
+    /// Pipeline cost ÷ strong-only cost.
+    pub cost_share_of_strong: f64,
+    /// Pipeline accuracy ÷ strong-only accuracy.
+    pub quality_share_of_strong: f64,
+    /// The pipeline's local classifier tier, when it has one.
+    pub local_tier: Option<LocalTier>,
+    /// Whether the models were simulated with oracle labels.
+    pub oracle: bool,
+    /// Labelled jobs read.
+    pub jobs: usize,
+}
+
+impl EvalReport {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<12} {:>9} {:>13} {:>11} {:>8} {:>6}\n",
+            "", "accuracy", "cost/job USD", "escalated", "p95 ms", "dead"
+        );
+        for (name, r) in [
+            ("pipeline", &self.pipeline),
+            ("cheap-only", &self.cheap_only),
+            ("strong-only", &self.strong_only),
+        ] {
+            s.push_str(&format!(
+                "{:<12} {:>9.3} {:>13.6} {:>10.1}% {:>8} {:>6}\n",
+                name,
+                r.accuracy,
+                r.cost_usd,
+                r.escalation_rate * 100.0,
+                r.p95_ms,
+                r.dead_lettered
+            ));
+        }
+        if let Some(l) = &self.local_tier {
+            s.push_str(&format!(
+                "local tier: finished {:.1}% of jobs with no paid call, {:.3} accurate on those (classifier top-1 on all jobs: {:.3}, measured, not simulated)\n",
+                l.coverage * 100.0,
+                l.accuracy,
+                l.top1_accuracy
+            ));
+        }
+        s.push_str(&format!(
+            "pipeline: {:.1}% of strong-only accuracy at {:.1}% of its cost{}\n",
+            self.quality_share_of_strong * 100.0,
+            self.cost_share_of_strong * 100.0,
+            if self.oracle {
+                " (simulated models in oracle mode: this measures the gate and the cascade, not a real model)"
+            } else {
+                ""
+            }
+        ));
+        s
+    }
+}
+
+/// One labelled job as written.
+#[derive(Debug, Deserialize)]
+struct Labelled {
+    payload: Value,
+    label: String,
+}
+
+/// Reads labelled jobs; errors name file and line.
+pub fn read_labelled(path: &Path) -> anyhow::Result<Vec<(Value, String)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Labelled = serde_json::from_str(line).map_err(|e| {
+            anyhow!(
+                "{}:{}: a line must be {{\"payload\": {{...}}, \"label\": \"...\"}}: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        out.push((l.payload, l.label));
+    }
+    if out.is_empty() {
+        bail!("{} holds no labelled jobs", path.display());
+    }
+    Ok(out)
+}
+
+/// The three variants of a loaded pipeline: as configured, cheap-only (its first model stage
+/// alone, local stages left out), strong-only (that stage's prompt on the last stage's models).
+pub fn variants(pipeline: &Pipeline) -> anyhow::Result<[Pipeline; 3]> {
+    let Some(last) = pipeline.stages.last() else {
+        bail!("the pipeline has no stages");
+    };
+    let Some(first) = pipeline.stages.iter().find(|s| s.local.is_none()) else {
+        bail!("the pipeline has no stage that calls models");
+    };
+    let mut cheap = pipeline.clone();
+    let mut only = first.clone();
+    // It becomes the pipeline's only stage: it reads intake jobs.
+    only.index = 0;
+    only.input_topic = pipeline.topics.intake.clone();
+    // A single stage is the last: its unsatisfied gate publishes for review, as the
+    // pipeline's last stage would.
+    only.gate.at_last_stage = last.gate.at_last_stage;
+    cheap.stages = vec![only.clone()];
+    let mut strong = cheap.clone();
+    if let Some(s) = strong.stages.first_mut() {
+        s.models = last.models.clone();
+        s.route = last.route.clone();
+        s.content_fallback = last.content_fallback.clone();
+    }
+    Ok([pipeline.clone(), cheap, strong])
+}
+
+/// The local tier's figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LocalTier {
+    /// Accuracy of the jobs the local tier finished itself.
+    pub accuracy: f64,
+    /// Share of jobs it finished itself (no paid call).
+    pub coverage: f64,
+    /// The classifier's top-1 accuracy over every job, before its gate.
+    pub top1_accuracy: f64,
+}
+
+/// The local tier's coverage and accuracy in a pipeline run, and its top-1 accuracy on the
+/// texts themselves.
+fn local_tier(
+    pipeline: &Pipeline,
+    tally: &Tally,
+    gold: &[(String, String)],
+    texts: &[Option<String>],
+    label_field: &str,
+) -> Option<LocalTier> {
+    let stage = pipeline.stages.first()?;
+    let local = stage.local.as_ref()?;
+    let mut finished = 0usize;
+    let mut right = 0usize;
+    for (id, label) in gold {
+        if let Some(r) = tally.results.get(id).and_then(|v| v.first())
+            && r.stage == stage.name
+        {
+            finished += 1;
+            if r.output.get(label_field).and_then(Value::as_str) == Some(label.as_str()) {
+                right += 1;
+            }
+        }
+    }
+    let top1 = gold
+        .iter()
+        .zip(texts)
+        .filter(|((_, label), text)| {
+            text.as_deref()
+                .is_some_and(|t| local.classifier.predict(t).label == *label)
+        })
+        .count();
+    let n = gold.len().max(1) as f64;
+    Some(LocalTier {
+        accuracy: if finished > 0 {
+            right as f64 / finished as f64
+        } else {
+            0.0
+        },
+        coverage: finished as f64 / n,
+        top1_accuracy: top1 as f64 / n,
+    })
+}
+
+/// Scores the jobs of one variant read back into `tally`.
+pub fn score(
+    tally: &Tally,
+    jobs: &[(String, String)],
+    label_field: &str,
+) -> (Row, Vec<(String, Option<String>)>) {
+    let mut row = Row {
+        jobs: jobs.len(),
+        ..Row::default()
+    };
+    let mut right = 0usize;
+    let mut escalated = 0usize;
+    let mut latencies = Vec::new();
+    let mut answers = Vec::new();
+    for (id, gold) in jobs {
+        if let Some(r) = tally.results.get(id).and_then(|v| v.first()) {
+            let label = r.output.get(label_field).and_then(Value::as_str);
+            if label == Some(gold.as_str()) {
+                right += 1;
+            }
+            if !r.escalations.is_empty() {
+                escalated += 1;
+            }
+            row.cost_micro_usd += r.cost_micro_usd.0;
+            latencies.push(r.latency_ms);
+            answers.push((id.clone(), label.map(str::to_string)));
+        } else if let Some(d) = tally.dead.get(id).and_then(|v| v.first()) {
+            row.dead_lettered += 1;
+            if !d.escalations.is_empty() {
+                escalated += 1;
+            }
+            row.cost_micro_usd += d.attempts.iter().map(|a| a.cost_micro_usd.0).sum::<u64>();
+            answers.push((id.clone(), None));
+        }
+    }
+    let n = jobs.len().max(1) as f64;
+    row.accuracy = right as f64 / n;
+    row.escalation_rate = escalated as f64 / n;
+    row.cost_usd = row.cost_micro_usd as f64 / 1e6 / n;
+    latencies.sort_unstable();
+    row.p95_ms = latencies
+        .get((latencies.len() * 95 / 100).min(latencies.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0);
+    (row, answers)
+}
+
+/// Runs one variant on a fresh embedded broker and reads every job back.
+pub(crate) async fn run_variant(
+    pipeline: Pipeline,
+    jobs: &[Intake],
+    progress: &ProgressBar,
+) -> anyhow::Result<Tally> {
+    let mut harness = Harness::new(pipeline, 8, &[])?
+        .with_ledger(Arc::new(switchyard::ledger::MemoryLedger::default()));
+    if !harness
+        .start_stages("switchyard-eval", Duration::from_secs(30))
+        .await
+    {
+        tracing::warn!("stages not all assigned after 30 s; producing anyway");
+    }
+    harness.send_jobs(jobs).await?;
+    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    let tally = harness
+        .read_back(&expected, 0, Duration::from_secs(120), |_, _| {
+            progress.inc(1)
+        })
+        .await?;
+    if let Err(e) = harness.stop_stages().await {
+        tracing::warn!(error = %format!("{e:#}"), "pipeline stopped with an error");
+    }
+    let done = tally.finished_count(&expected);
+    if done < expected.len() {
+        bail!(
+            "only {done} of {} jobs came back within two minutes of the last one",
+            expected.len()
+        );
+    }
+    Ok(tally)
+}
+
+/// Starts the in-process simulator in oracle mode and points the pipeline's providers at it,
+/// forwarding the job's oracle metadata as a header.
+pub(crate) async fn oracle_sim(
+    pipeline: &mut Pipeline,
+    latency_scale: f64,
+    seed: Option<u64>,
+) -> anyhow::Result<llm_sim::SimServer> {
+    let mut profile = llm_sim::Profile::default_profile()?;
+    profile.latency_scale = latency_scale;
+    if let Some(seed) = seed {
+        profile.seed = seed;
+    }
+    let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot start the in-process llm-sim")?;
+    pipeline.point_providers_at(&sim.base_url());
+    for p in pipeline.providers.values_mut() {
+        p.forward_metadata.push(ORACLE.to_string());
+    }
+    Ok(sim)
+}
+
+/// Runs the evaluation.
+pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
+    let mut pipeline = Pipeline::load(&options.pipeline).map_err(|e| anyhow!("{e}"))?;
+    let mut labelled = read_labelled(&options.data)?;
+    if let Some(n) = options.limit {
+        labelled.truncate(n);
+    }
+    let oracle = !options.real_providers;
+    let sim = if oracle {
+        Some(oracle_sim(&mut pipeline, options.latency_scale, Some(options.seed)).await?)
+    } else {
+        None
+    };
+
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let jobs: Vec<Intake> = labelled
+        .iter()
+        .enumerate()
+        .map(|(i, (payload, label))| {
+            let mut metadata = BTreeMap::new();
+            if oracle {
+                metadata.insert(
+                    ORACLE.to_string(),
+                    serde_json::json!({ options.label_field.as_str(): label }).to_string(),
+                );
+            }
+            Intake {
+                job_id: format!("eval-{}-{i:06}", &run_id[..8]),
+                tenant: "eval".into(),
+                pipeline: pipeline.name.clone(),
+                payload: payload.clone(),
+                created_at: now(),
+                metadata,
+                redrive_count: 0,
+            }
+        })
+        .collect();
+    let gold: Vec<(String, String)> = jobs
+        .iter()
+        .zip(&labelled)
+        .map(|(j, (_, l))| (j.job_id.clone(), l.clone()))
+        .collect();
+
+    let bar = if options.progress {
+        ProgressBar::with_draw_target(Some(3 * jobs.len() as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} jobs (3 variants)  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let texts: Vec<Option<String>> = labelled
+        .iter()
+        .map(|(p, _)| p.get("text").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    let mut rows = Vec::new();
+    let mut local = None;
+    for (name, variant) in ["pipeline", "cheap-only", "strong-only"]
+        .into_iter()
+        .zip(variants(&pipeline)?)
+    {
+        bar.set_message(name);
+        let started = Instant::now();
+        let tally = run_variant(variant.clone(), &jobs, &bar).await?;
+        tracing::info!(variant = name, elapsed = ?started.elapsed(), "evaluated");
+        if name == "pipeline" {
+            local = local_tier(&variant, &tally, &gold, &texts, &options.label_field);
+        }
+        rows.push(score(&tally, &gold, &options.label_field).0);
+    }
+    bar.finish_and_clear();
+    if let Some(sim) = sim {
+        sim.stop().await;
+    }
+    let [pipeline_row, cheap, strong]: [Row; 3] = rows
+        .try_into()
+        .map_err(|_| anyhow!("expected three variants"))?;
+    Ok(EvalReport {
+        cost_share_of_strong: ratio(pipeline_row.cost_usd, strong.cost_usd),
+        quality_share_of_strong: ratio(pipeline_row.accuracy, strong.accuracy),
+        pipeline: pipeline_row,
+        cheap_only: cheap,
+        strong_only: strong,
+        local_tier: local,
+        oracle,
+        jobs: jobs.len(),
+    })
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard::envelope::JobResult;
+
+    fn result(id: &str, category: &str, cost: u64, escalated: bool) -> Vec<u8> {
+        let esc = if escalated {
+            serde_json::json!([{"from_stage": "triage", "to_stage": "resolve", "reason": "low_confidence", "detail": "", "output": {}}])
+        } else {
+            serde_json::json!([])
+        };
+        let v = serde_json::json!({
+            "job_id": id, "tenant": "t", "pipeline": "p", "stage": "triage",
+            "output": {"category": category}, "confidence": 0.9, "needs_review": false,
+            "cost_micro_usd": cost, "escalations": esc, "attempts": [],
+            "created_at": "2026-01-01T00:00:00Z", "completed_at": "2026-01-01T00:00:01Z",
+            "latency_ms": 1000, "metadata": {}
+        });
+        let _: JobResult = serde_json::from_value(v.clone()).unwrap();
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn accuracy_cost_and_escalation_are_counted_per_job() {
+        let mut tally = Tally::default();
+        tally.add(false, &result("a", "x", 100, false));
+        tally.add(false, &result("b", "y", 300, true));
+        tally.add(false, &result("c", "z", 200, false));
+        let gold = vec![
+            ("a".to_string(), "x".to_string()),
+            ("b".to_string(), "y".to_string()),
+            ("c".to_string(), "x".to_string()),
+            ("d".to_string(), "x".to_string()),
+        ];
+        let (row, _) = score(&tally, &gold, "category");
+        assert_eq!(row.accuracy, 0.5, "a and b right, c wrong, d missing");
+        assert_eq!(row.escalation_rate, 0.25);
+        assert_eq!(row.cost_micro_usd, 600);
+        assert!((row.cost_usd - 600.0 / 1e6 / 4.0).abs() < 1e-12);
+        assert_eq!(row.p95_ms, 1000);
+    }
+
+    #[test]
+    fn labelled_lines_are_read_and_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        std::fs::write(
+            &p,
+            "{\"payload\": {\"text\": \"a\"}, \"label\": \"x\"}\n{\"text\": 1}\n",
+        )
+        .unwrap();
+        let err = read_labelled(&p).unwrap_err().to_string();
+        assert!(err.contains("l.jsonl:2:"), "{err}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Kafka client settings shared by every consumer and producer Switchyard creates, with
+//! user overrides (`-X key=value`, as kcat takes them) for security and tuning on real clusters.
+
+pub mod client;
+
+use rdkafka::ClientConfig;
+
+/// Properties that at-least-once delivery depends on.
+const PROTECTED: &[&str] = &[
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "enable.idempotence",
+    "acks",
+    "group.id",
+];
+
+/// A Kafka error as text that never includes a configuration value (it may be a secret).
+pub fn error_text(e: &rdkafka::error::KafkaError) -> String {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
+            format!("invalid Kafka option `{key}`: {description}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Where the brokers are and any extra librdkafka properties.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Extra librdkafka properties, applied last (e.g. `security.protocol=SASL_SSL`).
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// Settings for `brokers` with no extra properties.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            options: Vec::new(),
+        }
+    }
+
+    /// Parses `key=value` overrides. Options that would break at-least-once delivery are
+    /// refused.
+    pub fn with_options(mut self, options: &[String]) -> Result<Self, String> {
+        for o in options {
+            let (k, v) = o
+                .split_once('=')
+                // Never echo the option: its value may be a password.
+                .ok_or_else(|| "a Kafka option (-X) is not of the form key=value".to_string())?;
+            if PROTECTED.contains(&k.trim()) {
+                return Err(format!(
+                    "Kafka option `{}` cannot be overridden: Switchyard sets it to keep at-least-once delivery",
+                    k.trim()
+                ));
+            }
+            self.options
+                .push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Ok(self)
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    fn apply(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A consumer in `group` that stores offsets only when told to (after the output of a
+    /// message is acknowledged) and auto-commits what was stored.
+    pub fn consumer(&self, group: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "250")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "100")
+            // Prefetch at most 8 MB per consumer: with the in-flight caps this bounds memory,
+            // whatever the backlog (librdkafka's default is 64 MB).
+            .set("queued.max.messages.kbytes", "8192")
+            // Consumer lag per partition for /metrics comes from librdkafka's statistics.
+            .set("statistics.interval.ms", "5000")
+            .set("enable.partition.eof", "false");
+        self.apply(c)
+    }
+
+    /// An idempotent producer: every send is acknowledged by all in-sync replicas, retried
+    /// without duplicates or reordering.
+    pub fn producer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            .set("compression.type", "lz4");
+        self.apply(c)
+    }
+
+    /// A plain reader (no group commits), for tools that read topics back.
+    pub fn reader(&self, group: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", "100")
+            .set("enable.partition.eof", "false");
+        self.apply(c)
+    }
+}

@@ -1,0 +1,288 @@
+//! Where ledger records end up: PostgreSQL (deadpool-postgres, refinery migrations, idempotent
+//! inserts) or memory (the demo and tests).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use time::OffsetDateTime;
+
+use super::{LedgerAttempt, LedgerJob, LedgerRecord};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// A store failure (the database is down, say): the sink retries.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger store: {0}")]
+pub struct StoreError(pub String);
+
+/// Where ledger records end up.
+pub trait LedgerStore: Send + Sync {
+    /// Writes a batch; records already written are skipped (idempotent).
+    fn write<'a>(&'a self, batch: &'a [LedgerRecord]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Attempts stored and their total cost (for checks and the demo).
+    fn totals(&self) -> BoxFuture<'_, Result<(u64, u64), StoreError>>;
+}
+
+/// The demo's store, when no database is configured.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    attempts: Mutex<HashMap<String, LedgerAttempt>>,
+    jobs: Mutex<HashMap<(String, String), LedgerJob>>,
+}
+
+impl LedgerStore for MemoryLedger {
+    fn write<'a>(&'a self, batch: &'a [LedgerRecord]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            for r in batch {
+                match r {
+                    LedgerRecord::Attempt(a) => {
+                        attempts
+                            .entry(a.attempt.attempt_id.clone())
+                            .or_insert_with(|| a.clone());
+                    }
+                    LedgerRecord::Job(j) => {
+                        jobs.entry((j.pipeline.clone(), j.job_id.clone()))
+                            .or_insert_with(|| j.clone());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Result<(u64, u64), StoreError>> {
+        Box::pin(async move {
+            let attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let cost = attempts.values().map(|a| a.attempt.cost_micro_usd.0).sum();
+            Ok((attempts.len() as u64, cost))
+        })
+    }
+}
+
+/// The PostgreSQL ledger.
+pub struct PgLedger {
+    pool: deadpool_postgres::Pool,
+    migrated: tokio::sync::OnceCell<()>,
+}
+
+impl std::fmt::Debug for PgLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgLedger")
+    }
+}
+
+pub(super) fn db<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> StoreError + '_ {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+impl PgLedger {
+    /// A pool for `url` (`postgres://user@host:port/db`). Connects lazily.
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        let config = deadpool_postgres::Config {
+            url: Some(url.to_string()),
+            ..Default::default()
+        };
+        let pool = config
+            .create_pool(
+                Some(deadpool_postgres::Runtime::Tokio1),
+                tokio_postgres::NoTls,
+            )
+            // The URL may hold a password: never echo it.
+            .map_err(|e| {
+                StoreError(format!(
+                    "DATABASE_URL is not a usable PostgreSQL URL ({})",
+                    redact_pg_error(&e.to_string())
+                ))
+            })?;
+        Ok(Self {
+            pool,
+            migrated: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Migrates once, on first use (so a database that is down at start is waited for).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.migrated
+            .get_or_try_init(|| self.migrate())
+            .await
+            .map(|_| ())
+    }
+
+    /// Applies pending migrations (versioned, recorded in refinery_schema_history).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(db("connect"))?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        embedded::migrations::runner()
+            .run_async(client)
+            .await
+            .map_err(db("migrations"))?;
+        Ok(())
+    }
+
+    /// A client from the pool.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(db("connect"))
+    }
+
+    /// Spend per tenant today and this month (UTC), to seed budgets at start.
+    pub async fn spend(&self, now: OffsetDateTime) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        self.ready().await?;
+        let client = self.client().await?;
+        let day = now.replace_time(time::Time::MIDNIGHT);
+        let month = day.replace_day(1).map_err(db("date"))?;
+        let rows = client
+            .query(
+                "SELECT tenant, COALESCE(SUM(cost_micro_usd) FILTER (WHERE at >= $1), 0)::BIGINT, \
+                 COALESCE(SUM(cost_micro_usd), 0)::BIGINT FROM ledger_attempts WHERE at >= $2 GROUP BY tenant",
+                &[&day, &month],
+            )
+            .await
+            .map_err(db("spend query"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1).max(0) as u64,
+                    r.get::<_, i64>(2).max(0) as u64,
+                )
+            })
+            .collect())
+    }
+}
+
+fn redact_pg_error(text: &str) -> String {
+    // deadpool/tokio-postgres config errors do not include the password, but be sure.
+    text.split_whitespace()
+        .map(|w| if w.contains("://") { "<url>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+const INSERT_ATTEMPT: &str = "INSERT INTO ledger_attempts (attempt_id, job_id, tenant, pipeline, stage, provider, model, key_ref, tenant_key, \
+     status, class, error, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micro_usd, \
+     provider_cost_micro_usd, latency_ms, repair, at) \
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) ON CONFLICT (attempt_id) DO NOTHING";
+
+const INSERT_JOB: &str = "INSERT INTO ledger_jobs (pipeline, job_id, tenant, outcome, stage, reason, escalated, escalation_reasons, \
+     needs_review, cost_micro_usd, latency_ms, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
+     ON CONFLICT (pipeline, job_id) DO NOTHING";
+
+fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl LedgerStore for PgLedger {
+    fn write<'a>(&'a self, batch: &'a [LedgerRecord]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db("begin"))?;
+            let attempt_stmt = tx
+                .prepare_cached(INSERT_ATTEMPT)
+                .await
+                .map_err(db("prepare"))?;
+            let job_stmt = tx.prepare_cached(INSERT_JOB).await.map_err(db("prepare"))?;
+            for r in batch {
+                match r {
+                    LedgerRecord::Attempt(l) => {
+                        let a = &l.attempt;
+                        let status = a.status.map(i32::from);
+                        let provider_cost = a.provider_cost_micro_usd.map(|c| i64_of(c.0));
+                        tx.execute(
+                            &attempt_stmt,
+                            &[
+                                &a.attempt_id,
+                                &l.job_id,
+                                &l.tenant,
+                                &l.pipeline,
+                                &a.stage,
+                                &a.provider,
+                                &a.model,
+                                &a.key,
+                                &a.tenant_key,
+                                &status,
+                                &a.class.as_str(),
+                                &a.error,
+                                &i64_of(a.prompt_tokens),
+                                &i64_of(a.completion_tokens),
+                                &i64_of(a.cached_tokens),
+                                &i64_of(a.reasoning_tokens),
+                                &i64_of(a.cost_micro_usd.0),
+                                &provider_cost,
+                                &i64_of(a.latency_ms),
+                                &a.repair,
+                                &l.at,
+                            ],
+                        )
+                        .await
+                        .map_err(db("insert attempt"))?;
+                    }
+                    LedgerRecord::Job(j) => {
+                        let latency = j.latency_ms.map(i64_of);
+                        let reason = j.reason.map(|r| r.as_str());
+                        let escalation_reasons: Vec<&str> =
+                            j.escalation_reasons.iter().map(|r| r.as_str()).collect();
+                        tx.execute(
+                            &job_stmt,
+                            &[
+                                &j.pipeline,
+                                &j.job_id,
+                                &j.tenant,
+                                &j.outcome.as_str(),
+                                &j.stage,
+                                &reason,
+                                &j.escalated,
+                                &escalation_reasons,
+                                &j.needs_review,
+                                &i64_of(j.cost_micro_usd),
+                                &latency,
+                                &j.at,
+                            ],
+                        )
+                        .await
+                        .map_err(db("insert job"))?;
+                    }
+                }
+            }
+            tx.commit().await.map_err(db("commit"))?;
+            Ok(())
+        })
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Result<(u64, u64), StoreError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT COUNT(*)::BIGINT, COALESCE(SUM(cost_micro_usd), 0)::BIGINT FROM ledger_attempts", &[])
+                .await
+                .map_err(db("totals"))?;
+            Ok((
+                row.get::<_, i64>(0).max(0) as u64,
+                row.get::<_, i64>(1).max(0) as u64,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::tests::record;
+
+    #[tokio::test]
+    async fn memory_ledger_is_idempotent_on_attempt_id() {
+        let l = MemoryLedger::default();
+        l.write(&[record("a", 5), record("b", 7)]).await.unwrap();
+        l.write(&[record("a", 5), record("b", 7), record("c", 1)])
+            .await
+            .unwrap();
+        assert_eq!(l.totals().await.unwrap(), (3, 13));
+    }
+}

@@ -1,0 +1,226 @@
+//! What an operations team looks at while `switchyard run` works: Prometheus `/metrics`,
+//! `/healthz` and `/readyz` on the metrics address, and an admin page on the admin address —
+//! stage throughput and escalation rate, provider health and breakers, cost today by tenant,
+//! and the dead-letter topic with a filter and a replay button.
+//!
+//! It owns the HTTP side only. The numbers come from the typed events of [`crate::telemetry`]
+//! (kept here in a small in-process tally as well as in the Prometheus recorder), the provider
+//! set's health, and the pipeline's topics (read on request for the dead letters).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+mod admin;
+pub mod html;
+
+use crate::config::Pipeline;
+use crate::intake::readiness::Readiness;
+use crate::kafka::KafkaSettings;
+use crate::route::health::Health;
+use crate::telemetry::{AdminTally, Telemetry};
+
+/// Shared by the servers and the running pipeline.
+pub struct Ops {
+    pipeline: Arc<Pipeline>,
+    kafka: KafkaSettings,
+    readiness: Arc<Readiness>,
+    health: OnceLock<Arc<Health>>,
+    prometheus: Option<PrometheusHandle>,
+    admin: Arc<AdminTally>,
+    telemetry: Telemetry,
+    started: Instant,
+    broker_ok: Mutex<Option<(Instant, bool)>>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("pipeline", &self.pipeline.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Histogram buckets for latencies, seconds.
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Ops {
+    /// Ops state for `pipeline`; with `metrics`, the Prometheus recorder is installed.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        kafka: KafkaSettings,
+        readiness: Arc<Readiness>,
+        metrics: bool,
+    ) -> Result<Self, String> {
+        let prometheus = if metrics {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .map_err(|e| format!("metrics: {e}"))?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| format!("metrics recorder: {e}"))?;
+            Some(handle)
+        } else {
+            None
+        };
+        let admin = Arc::new(AdminTally::default());
+        let telemetry = Telemetry::new(prometheus.is_some(), Some(admin.clone()));
+        Ok(Self {
+            pipeline,
+            kafka,
+            readiness,
+            health: OnceLock::new(),
+            prometheus,
+            admin,
+            telemetry,
+            started: Instant::now(),
+            broker_ok: Mutex::new(None),
+        })
+    }
+
+    /// Called by the composition root once endpoint health is tracked.
+    pub fn set_health(&self, health: Arc<Health>) {
+        let _ = self.health.set(health);
+    }
+
+    /// Where the running pipeline sends its events: metrics when they are on, and this page's
+    /// tally.
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
+    }
+
+    fn breakers(&self) -> Vec<crate::route::health::EndpointReport> {
+        self.health
+            .get()
+            .map(|h| h.report(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// Whether the broker answered a metadata request lately (cached for 5 s).
+    async fn broker_answers(&self) -> bool {
+        if let Some((at, ok)) = *self.broker_ok.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < Duration::from_secs(5)
+        {
+            return ok;
+        }
+        let kafka = self.kafka.clone();
+        let topic = self.pipeline.topics.intake.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            crate::kafka::client::missing_topics(&kafka, &[topic]).is_ok_and(|m| m.is_empty())
+        })
+        .await
+        .unwrap_or(false);
+        *self.broker_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), ok));
+        ok
+    }
+
+    /// Ready: every stage this process runs owns partitions, and the broker answers.
+    async fn ready(&self) -> Result<(), String> {
+        let assigned = self.readiness.assigned();
+        let waiting: Vec<&String> = assigned
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(s, _)| s)
+            .collect();
+        if assigned.is_empty() {
+            return Err("no stage has joined its consumer group yet".into());
+        }
+        if !waiting.is_empty() {
+            return Err(format!("stages without partitions: {waiting:?}"));
+        }
+        if !self.broker_answers().await {
+            return Err(format!(
+                "the brokers at {} do not answer",
+                self.kafka.brokers
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+pub async fn serve_metrics(
+    ops: Arc<Ops>,
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<SocketAddr, String> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(ops);
+    serve(app, addr, shutdown).await
+}
+
+/// Serves the admin page on `addr` until `shutdown` (see [`admin`]).
+pub async fn serve_admin(
+    ops: Arc<Ops>,
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<SocketAddr, String> {
+    let app = Router::new()
+        .route("/", get(admin::page))
+        .route("/dlq/replay", post(admin::replay))
+        .with_state(ops);
+    serve(app, addr, shutdown).await
+}
+
+async fn serve(
+    app: Router,
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(bound)
+}
+
+async fn metrics_text(State(ops): State<Arc<Ops>>) -> Response {
+    // Breaker states are read when scraped.
+    for r in ops.breakers() {
+        let (provider, model) = r.endpoint.split_once(':').unwrap_or((&r.endpoint, ""));
+        crate::telemetry::BreakerObserved {
+            provider,
+            model,
+            state: match r.breaker.as_str() {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            },
+        }
+        .emit(&ops.telemetry);
+    }
+    match &ops.prometheus {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are off\n").into_response(),
+    }
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    match ops.ready().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}

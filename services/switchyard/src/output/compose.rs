@@ -1,0 +1,445 @@
+//! Composing what a job leaves behind, from typed outcomes: the result, the escalation to the
+//! next stage, or the dead letter — every dead letter through one builder, [`Composer::dead_letter`]
+//! — plus the ledger records of the job's attempts and its final outcome. Outgoing envelopes are
+//! checked against their schemas; one that breaks its schema (a bug) becomes a dead letter so the
+//! job is not lost. Pure: nothing here talks to Kafka.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Pipeline;
+use crate::envelope::{
+    Attempt, DeadLetter, DeadLetterReason, Escalation, EscalationStep, Intake, JobEnd, JobResult,
+    Original, Schemas, Source, now, validation_errors,
+};
+use crate::ledger::{LedgerAttempt, LedgerJob, LedgerRecord};
+use crate::output::Envelope;
+use crate::stage::Outcome;
+
+/// The largest excerpt of the original message a dead letter keeps when the whole message may
+/// be what the broker refused; the source position finds the rest.
+pub const REFUSED_EXCERPT_BYTES: usize = 16 * 1024;
+
+/// Composes the envelopes of one stage of one pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Composer<'a> {
+    /// The pipeline.
+    pub pipeline: &'a Pipeline,
+    /// The stage whose worker received the message.
+    pub stage: &'a str,
+    /// Envelope schemas.
+    pub schemas: &'a Schemas,
+}
+
+/// A message as it was received: where from, and its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Topic, partition, offset and key.
+    pub source: &'a Source,
+    /// The raw value.
+    pub payload: &'a [u8],
+}
+
+/// A job's envelopes and how it left the stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Composed {
+    /// Result, escalation or dead letter, then the ledger records.
+    pub envelopes: Vec<Envelope>,
+    /// How the job left.
+    pub end: JobEnd,
+}
+
+/// What went wrong, for the dead-letter builder.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The reason class.
+    pub reason: DeadLetterReason,
+    /// Details for a person.
+    pub detail: String,
+    /// The stage where the job failed.
+    pub stage: String,
+    /// The escalation trail.
+    pub escalations: Vec<EscalationStep>,
+    /// Every attempt so far.
+    pub attempts: Vec<Attempt>,
+}
+
+impl Composer<'_> {
+    /// The one dead-letter builder. With the decoded `job`, the dead letter carries the job
+    /// itself (so a replay can send it straight back) and its redrive count; without one, the
+    /// original bytes (cut to `excerpt` bytes when given) and any job id readable from them.
+    pub fn dead_letter(
+        &self,
+        input: Input<'_>,
+        job: Option<&Intake>,
+        failure: Failure,
+        excerpt: Option<usize>,
+    ) -> DeadLetter {
+        let original = match job {
+            Some(j) => Original::Json(serde_json::to_value(j).unwrap_or(Value::Null)),
+            None => {
+                let end = excerpt.map_or(input.payload.len(), |n| n.min(input.payload.len()));
+                Original::from_bytes(&input.payload[..end])
+            }
+        };
+        DeadLetter {
+            job_id: job
+                .map(|j| j.job_id.clone())
+                .or_else(|| crate::intake::decode::job_id_hint(input.payload)),
+            tenant: job.map(|j| j.tenant.clone()),
+            pipeline: self.pipeline.name.clone(),
+            stage: failure.stage,
+            reason: failure.reason,
+            detail: failure.detail,
+            original,
+            source: input.source.clone(),
+            attempts: failure.attempts,
+            escalations: failure.escalations,
+            redrive_count: job.map_or(0, |j| j.redrive_count),
+            replayable: failure.reason.replayable(),
+            failed_at: now(),
+        }
+    }
+
+    /// A failure at this composer's stage with nothing attempted.
+    pub fn failure(&self, reason: DeadLetterReason, detail: String) -> Failure {
+        Failure {
+            reason,
+            detail,
+            stage: self.stage.to_string(),
+            escalations: Vec::new(),
+            attempts: Vec::new(),
+        }
+    }
+
+    /// What a message that is not a job for this stage leaves: a dead letter and its ledger
+    /// record.
+    pub fn undecodable(&self, input: Input<'_>, detail: &str) -> Composed {
+        let failure = self.failure(
+            DeadLetterReason::InvalidIntake,
+            format!(
+                "{detail} (topic {} partition {} offset {})",
+                input.source.topic, input.source.partition, input.source.offset
+            ),
+        );
+        let dl = self.dead_letter(input, None, failure, None);
+        self.finish(input, None, Vec::new(), Ended::DeadLetter(dl))
+    }
+
+    /// What a stage's outcome for `job` leaves. `stage` is the stage that decided (with
+    /// ordering, a later stage run inline); `this_stage` the attempts made here, `history` and
+    /// `prior` what came with the job.
+    pub fn outcome(
+        &self,
+        input: Input<'_>,
+        job: &Intake,
+        stage: &str,
+        outcome: Outcome,
+        history: Vec<EscalationStep>,
+        prior: Vec<Attempt>,
+        this_stage: Vec<Attempt>,
+    ) -> Composed {
+        let mut attempts = prior;
+        attempts.extend(this_stage.iter().cloned());
+        let ended = match outcome {
+            Outcome::Accept {
+                output,
+                confidence,
+                review,
+            } => {
+                let completed_at = now();
+                let latency_ms = (completed_at - job.created_at).whole_milliseconds().max(0) as u64;
+                Ended::Result(Box::new(JobResult {
+                    job_id: job.job_id.clone(),
+                    tenant: job.tenant.clone(),
+                    pipeline: self.pipeline.name.clone(),
+                    stage: stage.to_string(),
+                    output,
+                    confidence,
+                    needs_review: review.is_some(),
+                    review_reason: review,
+                    cost_micro_usd: attempts.iter().map(|a| a.cost_micro_usd).sum(),
+                    escalations: history,
+                    attempts,
+                    created_at: job.created_at,
+                    completed_at,
+                    latency_ms,
+                    metadata: job.metadata.clone(),
+                }))
+            }
+            Outcome::Escalate(step) => {
+                let to = step.to_stage.clone();
+                match self.pipeline.stages.iter().find(|s| s.name == to) {
+                    Some(next) => {
+                        let mut escalations = history;
+                        escalations.push(step);
+                        Ended::Escalated {
+                            topic: next.input_topic.clone(),
+                            escalation: Box::new(Escalation {
+                                job: job.clone(),
+                                to_stage: to,
+                                escalations,
+                                attempts,
+                            }),
+                        }
+                    }
+                    // Cannot happen with a loaded pipeline; dead-letter rather than lose the job.
+                    None => Ended::DeadLetter(self.dead_letter(
+                        input,
+                        Some(job),
+                        Failure {
+                            reason: DeadLetterReason::OutputRejected,
+                            detail: format!("escalation target stage `{to}` does not exist"),
+                            stage: stage.to_string(),
+                            escalations: history,
+                            attempts,
+                        },
+                        None,
+                    )),
+                }
+            }
+            Outcome::DeadLetter { reason, detail } => Ended::DeadLetter(self.dead_letter(
+                input,
+                Some(job),
+                Failure {
+                    reason,
+                    detail,
+                    stage: stage.to_string(),
+                    escalations: history,
+                    attempts,
+                },
+                None,
+            )),
+        };
+        self.finish(input, Some(job), this_stage, ended)
+    }
+
+    /// The dead letter for a message whose output the broker refused for good: a bounded
+    /// excerpt, since the whole input may be what made the output too large.
+    pub fn refused(&self, input: Input<'_>, why: &str) -> Envelope {
+        let failure = self.failure(
+            DeadLetterReason::OutputRejected,
+            format!(
+                "{why}; the stage's output could not be published (input of {} bytes at {}/{}/{})",
+                input.payload.len(),
+                input.source.topic,
+                input.source.partition,
+                input.source.offset
+            ),
+        );
+        let dl = self.dead_letter(input, None, failure, Some(REFUSED_EXCERPT_BYTES));
+        self.dead_letter_envelope(input, &dl)
+    }
+
+    /// Envelopes for how the job ended, each checked against its schema, then the ledger.
+    fn finish(
+        &self,
+        input: Input<'_>,
+        job: Option<&Intake>,
+        this_stage: Vec<Attempt>,
+        ended: Ended,
+    ) -> Composed {
+        let key = input
+            .source
+            .key
+            .clone()
+            .or_else(|| job.map(|j| j.job_id.clone()));
+        let (envelope, end, record) = match ended {
+            Ended::Result(result) => {
+                let env = envelope(
+                    &self.pipeline.topics.results,
+                    key.unwrap_or_else(|| result.job_id.clone()),
+                    &*result,
+                    &result.job_id,
+                    &result.stage,
+                    None,
+                );
+                match self.checked(input, &self.schemas.result, env, &*result) {
+                    Ok(env) => (env, JobEnd::Result, Some(LedgerJob::result(&result))),
+                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(dl.1)),
+                }
+            }
+            Ended::Escalated { topic, escalation } => {
+                let reason = escalation
+                    .escalations
+                    .last()
+                    .map(|s| s.reason.as_str().to_string());
+                let env = envelope(
+                    &topic,
+                    key.unwrap_or_else(|| escalation.job.job_id.clone()),
+                    &*escalation,
+                    &escalation.job.job_id,
+                    self.stage_of(&escalation),
+                    reason,
+                );
+                match self.checked(input, &self.schemas.escalation, env, &*escalation) {
+                    Ok(env) => (env, JobEnd::Escalated, None),
+                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(dl.1)),
+                }
+            }
+            Ended::DeadLetter(dl) => (
+                self.dead_letter_envelope(input, &dl),
+                JobEnd::DeadLetter,
+                Some(LedgerJob::dead_letter(&dl)),
+            ),
+        };
+        let mut envelopes = vec![envelope];
+        envelopes.extend(self.ledger(input, job, this_stage, record));
+        Composed { envelopes, end }
+    }
+
+    /// The stage an escalation leaves from.
+    fn stage_of<'e>(&'e self, e: &'e Escalation) -> &'e str {
+        e.escalations
+            .last()
+            .map_or(self.stage, |s| s.from_stage.as_str())
+    }
+
+    /// The ledger's records of one message: this stage's attempts, and the job's final outcome
+    /// when this message ended it.
+    fn ledger(
+        &self,
+        input: Input<'_>,
+        job: Option<&Intake>,
+        attempts: Vec<Attempt>,
+        end: Option<LedgerJob>,
+    ) -> Vec<Envelope> {
+        let at = now();
+        let (job_id, tenant) = match job {
+            Some(j) => (j.job_id.clone(), j.tenant.clone()),
+            None => (
+                crate::intake::decode::job_id_hint(input.payload).unwrap_or_else(|| {
+                    format!(
+                        "{}/{}/{}",
+                        input.source.topic, input.source.partition, input.source.offset
+                    )
+                }),
+                String::new(),
+            ),
+        };
+        let mut records: Vec<LedgerRecord> = attempts
+            .into_iter()
+            .map(|attempt| {
+                LedgerRecord::Attempt(LedgerAttempt {
+                    job_id: job_id.clone(),
+                    tenant: tenant.clone(),
+                    pipeline: self.pipeline.name.clone(),
+                    at,
+                    attempt,
+                })
+            })
+            .collect();
+        records.extend(end.map(|mut j| {
+            if j.job_id.is_empty() {
+                j.job_id = job_id.clone();
+            }
+            j.at = at;
+            LedgerRecord::Job(j)
+        }));
+        records
+            .iter()
+            .map(|r| Envelope {
+                topic: self.pipeline.topics.ledger.clone(),
+                key: job_id.clone(),
+                payload: serde_json::to_vec(r).unwrap_or_default(),
+                headers: vec![("switchyard.job_id", job_id.clone())],
+            })
+            .collect()
+    }
+
+    /// A dead letter as an envelope: keyed by the message's key, else the job id, else its
+    /// position.
+    fn dead_letter_envelope(&self, input: Input<'_>, dl: &DeadLetter) -> Envelope {
+        let key = input
+            .source
+            .key
+            .clone()
+            .or_else(|| dl.job_id.clone())
+            .unwrap_or_else(|| format!("{}-{}", input.source.partition, input.source.offset));
+        let mut env = envelope(
+            &self.pipeline.topics.dlq,
+            key,
+            dl,
+            dl.job_id.as_deref().unwrap_or(""),
+            &dl.stage,
+            Some(dl.reason.as_str().to_string()),
+        );
+        if let Ok(v) = serde_json::to_value(dl) {
+            let errors = validation_errors(&self.schemas.dead_letter, &v, 4);
+            if !errors.is_empty() {
+                tracing::error!(
+                    ?errors,
+                    "dead letter does not match schemas/dead-letter.schema.json (a bug); publishing anyway so nothing is lost"
+                );
+            }
+        }
+        env.headers
+            .push(("switchyard.replayable", dl.replayable.to_string()));
+        env
+    }
+
+    /// Validates an outgoing envelope; one that breaks its schema (a bug) becomes a dead letter
+    /// with the validator's errors, so the job is not lost.
+    fn checked<T: Serialize>(
+        &self,
+        input: Input<'_>,
+        validator: &jsonschema::Validator,
+        env: Envelope,
+        body: &T,
+    ) -> Result<Envelope, (Envelope, LedgerJob)> {
+        let errors = serde_json::to_value(body)
+            .map(|v| validation_errors(validator, &v, 4))
+            .unwrap_or_else(|e| vec![e.to_string()]);
+        if errors.is_empty() {
+            return Ok(env);
+        }
+        tracing::error!(?errors, topic = %env.topic, "outgoing envelope breaks its schema (a bug); dead-lettering the job");
+        let failure = self.failure(
+            DeadLetterReason::OutputRejected,
+            format!(
+                "outgoing envelope for {} broke its schema: {}",
+                env.topic,
+                errors.join("; ")
+            ),
+        );
+        let dl = self.dead_letter(input, None, failure, None);
+        Err((
+            self.dead_letter_envelope(input, &dl),
+            LedgerJob::dead_letter(&dl),
+        ))
+    }
+}
+
+/// How a job ended, before it is put on the wire.
+enum Ended {
+    Result(Box<JobResult>),
+    Escalated {
+        topic: String,
+        escalation: Box<Escalation>,
+    },
+    DeadLetter(DeadLetter),
+}
+
+/// An envelope with the routing headers every output carries.
+fn envelope<T: Serialize>(
+    topic: &str,
+    key: String,
+    body: &T,
+    job_id: &str,
+    stage: &str,
+    reason: Option<String>,
+) -> Envelope {
+    let mut headers = vec![
+        ("switchyard.job_id", job_id.to_string()),
+        ("switchyard.stage", stage.to_string()),
+    ];
+    if let Some(r) = reason {
+        headers.push(("switchyard.reason", r));
+    }
+    Envelope {
+        topic: topic.to_string(),
+        key,
+        payload: serde_json::to_vec(body).unwrap_or_default(),
+        headers,
+    }
+}

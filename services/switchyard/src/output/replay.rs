@@ -1,0 +1,261 @@
+//! Dead-letter tooling: list what is on the dead-letter topic, and replay chosen dead letters to
+//! the stage where they failed, with the redrive count incremented.
+//!
+//! Replay works from the whole picture: the results and dead-letter topics are read, each job's
+//! latest dead letter is taken, and jobs that have since produced a result, that are not
+//! replayable, or that reached the redrive cap stay put. So running `replay` twice does not
+//! send a job twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::Pipeline;
+use crate::envelope::{DeadLetter, Escalation, Intake, JobResult, Original};
+use crate::kafka::KafkaSettings;
+use crate::kafka::client::{read_until, reader, send_all};
+
+/// Which dead letters.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this reason (snake_case).
+    pub reason: Option<String>,
+    /// Only dead letters at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn admits(&self, d: &DeadLetter) -> bool {
+        self.reason
+            .as_deref()
+            .is_none_or(|r| d.reason.as_str() == r)
+            && self.since.is_none_or(|s| d.failed_at >= s)
+    }
+}
+
+/// Everything on a pipeline's results and dead-letter topics.
+#[derive(Debug, Default)]
+pub struct Picture {
+    /// Every dead letter, in topic order per partition.
+    pub dead: Vec<DeadLetter>,
+    /// Jobs with a result.
+    pub finished: std::collections::HashSet<String>,
+}
+
+/// Reads both topics to their current end (stops after `idle` without a new message).
+pub async fn read_picture(
+    kafka: &KafkaSettings,
+    pipeline: &Pipeline,
+    idle: Duration,
+) -> Result<Picture, String> {
+    let consumer = reader(kafka, &[&pipeline.topics.results, &pipeline.topics.dlq])?;
+    let mut picture = Picture::default();
+    let dlq = pipeline.topics.dlq.clone();
+    read_until(&consumer, idle, |topic, payload| {
+        if topic == dlq {
+            match serde_json::from_slice::<DeadLetter>(payload) {
+                Ok(d) => picture.dead.push(d),
+                Err(e) => tracing::warn!(error = %e, "a message on the dead-letter topic is not a dead letter"),
+            }
+        } else if let Ok(r) = serde_json::from_slice::<JobResult>(payload) {
+            picture.finished.insert(r.job_id);
+        }
+        false
+    })
+    .await;
+    Ok(picture)
+}
+
+/// One line of `dlq list`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Listed {
+    /// When it failed.
+    pub failed_at: String,
+    /// Job id (empty for unreadable input).
+    pub job_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Stage.
+    pub stage: String,
+    /// Reason.
+    pub reason: String,
+    /// Whether a replay may succeed.
+    pub replayable: bool,
+    /// Times replayed.
+    pub redrive_count: u32,
+    /// Whether the job has since produced a result.
+    pub resolved: bool,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// The dead letters that pass `filter`, newest last.
+pub fn list(picture: &Picture, filter: &Filter) -> Vec<Listed> {
+    let mut out: Vec<Listed> = picture
+        .dead
+        .iter()
+        .filter(|d| filter.admits(d))
+        .map(|d| Listed {
+            failed_at: d
+                .failed_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            job_id: d.job_id.clone().unwrap_or_default(),
+            tenant: d.tenant.clone().unwrap_or_default(),
+            stage: d.stage.clone(),
+            reason: d.reason.as_str().to_string(),
+            replayable: d.replayable,
+            redrive_count: d.redrive_count,
+            resolved: d
+                .job_id
+                .as_ref()
+                .is_some_and(|id| picture.finished.contains(id)),
+            detail: d.detail.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.failed_at.cmp(&b.failed_at));
+    if let Some(n) = filter.limit {
+        let skip = out.len().saturating_sub(n);
+        out.drain(..skip);
+    }
+    out
+}
+
+/// What replay decided for one job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Decision {
+    /// Job id.
+    pub job_id: String,
+    /// Stage it goes back to.
+    pub stage: String,
+    /// The topic it goes to (when replayed).
+    pub topic: Option<String>,
+    /// `replay`, or why not.
+    pub action: String,
+}
+
+/// A message to send: topic, key, value.
+pub type Outgoing = (String, String, Vec<u8>);
+
+/// Chooses what to replay and builds the messages.
+pub fn plan_replay(
+    picture: &Picture,
+    pipeline: &Pipeline,
+    filter: &Filter,
+    max_redrives: u32,
+) -> (Vec<Decision>, Vec<Outgoing>) {
+    // Each job's latest dead letter.
+    let mut latest: HashMap<&str, &DeadLetter> = HashMap::new();
+    for d in &picture.dead {
+        let Some(id) = d.job_id.as_deref() else {
+            continue;
+        };
+        let newer = latest
+            .get(id)
+            .is_none_or(|cur| (d.redrive_count, d.failed_at) >= (cur.redrive_count, cur.failed_at));
+        if newer {
+            latest.insert(id, d);
+        }
+    }
+    let mut chosen: Vec<&DeadLetter> = latest.into_values().filter(|d| filter.admits(d)).collect();
+    chosen.sort_by(|a, b| {
+        a.failed_at
+            .cmp(&b.failed_at)
+            .then_with(|| a.job_id.cmp(&b.job_id))
+    });
+    if let Some(n) = filter.limit {
+        chosen.truncate(n);
+    }
+    let mut decisions = Vec::new();
+    let mut messages = Vec::new();
+    for d in chosen {
+        let job_id = d.job_id.clone().unwrap_or_default();
+        let mut decide = |topic: Option<String>, action: String| {
+            decisions.push(Decision {
+                job_id: job_id.clone(),
+                stage: d.stage.clone(),
+                topic,
+                action,
+            })
+        };
+        if picture.finished.contains(&job_id) {
+            decide(None, "skip: the job has a result since".into());
+            continue;
+        }
+        if !d.replayable {
+            decide(
+                None,
+                format!("skip: {} is not replayable", d.reason.as_str()),
+            );
+            continue;
+        }
+        if d.redrive_count >= max_redrives {
+            decide(
+                None,
+                format!(
+                    "skip: already replayed {} times (cap {max_redrives})",
+                    d.redrive_count
+                ),
+            );
+            continue;
+        }
+        let Original::Json(value) = &d.original else {
+            decide(None, "skip: the original is not a job".into());
+            continue;
+        };
+        let Ok(mut job) = serde_json::from_value::<Intake>(value.clone()) else {
+            decide(None, "skip: the original is not an intake job".into());
+            continue;
+        };
+        job.redrive_count = d.redrive_count + 1;
+        let Some(stage) = pipeline.stages.iter().find(|s| s.name == d.stage) else {
+            decide(
+                None,
+                format!("skip: pipeline has no stage `{}` any more", d.stage),
+            );
+            continue;
+        };
+        let body = if stage.index == 0 {
+            serde_json::to_vec(&job)
+        } else {
+            // A later stage takes an escalation: rebuild it from what the dead letter carries.
+            serde_json::to_vec(&Escalation {
+                job: job.clone(),
+                to_stage: stage.name.clone(),
+                escalations: d.escalations.clone(),
+                attempts: d.attempts.clone(),
+            })
+        };
+        match body {
+            Ok(bytes) => {
+                messages.push((stage.input_topic.clone(), job.job_id.clone(), bytes));
+                decide(
+                    Some(stage.input_topic.clone()),
+                    format!("replay (redrive {})", job.redrive_count),
+                );
+            }
+            Err(e) => decide(None, format!("skip: cannot encode: {e}")),
+        }
+    }
+    (decisions, messages)
+}
+
+/// Sends the planned messages.
+pub async fn send(
+    kafka: &KafkaSettings,
+    messages: Vec<(String, String, Vec<u8>)>,
+) -> Result<usize, String> {
+    let mut by_topic: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for (topic, key, value) in messages {
+        by_topic.entry(topic).or_default().push((key, value));
+    }
+    let mut sent = 0;
+    for (topic, msgs) in by_topic {
+        sent += send_all(kafka, &topic, &msgs).await?;
+    }
+    Ok(sent)
+}
