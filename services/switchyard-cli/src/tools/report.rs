@@ -898,6 +898,10 @@ pub async fn narrate(pipeline: &Pipeline, a: &Aggregates) -> Narrative {
     stage.gate = GateSpec::default();
     stage.route.max_tokens = Some(stage.route.max_tokens.unwrap_or(1200).max(1200));
     stage.route.max_wait = Duration::from_secs(10);
+    // Cheapest endpoint first, as no job id should pick the report's path.
+    if stage.route.provider.sort.is_none() {
+        stage.route.provider.sort = Some(switchyard::config::SortBy::Price);
+    }
     let http = match switchyard::provider::http_client() {
         Ok(h) => h,
         Err(e) => return generated(format!("HTTP client: {e}"), 0, 0),
@@ -957,11 +961,26 @@ pub async fn narrate(pipeline: &Pipeline, a: &Aggregates) -> Narrative {
                 ),
             }
         }
-        Outcome::DeadLetter { detail, .. } => generated(
-            format!("no usable answer from the model: {detail}"),
-            calls,
-            cost,
-        ),
+        Outcome::DeadLetter { detail, .. } => {
+            let tried: Vec<String> = run
+                .attempts
+                .iter()
+                .map(|x| {
+                    let why = x.error.as_deref().unwrap_or(x.class.as_str());
+                    format!("{}:{}: {why}", x.provider, x.model)
+                })
+                .collect();
+            let why = if tried.is_empty() {
+                detail
+            } else {
+                tried.join("; ")
+            };
+            generated(
+                format!("no usable answer from the model: {why}"),
+                calls,
+                cost,
+            )
+        }
         Outcome::Escalate(step) => generated(
             format!("no usable answer from the model: {}", step.detail),
             calls,

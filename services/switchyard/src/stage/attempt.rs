@@ -466,3 +466,342 @@ impl StageRunner {
 fn endpoint_key(e: &Endpoint) -> (String, String) {
     (e.provider.clone(), e.model.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The failure table, row by row, against a scripted fake provider (no network): each
+    //! class is returned once by the first endpoint called, and the test checks where the loop
+    //! went next and how the job ended.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::config::{Pipeline, ProviderKey};
+    use crate::envelope::Intake;
+    use crate::limit::Limits;
+    use crate::limit::budget::Spend;
+    use crate::provider::{Adapters, ProviderApi, Usage};
+    use crate::route::health::{BreakerConfig, Health};
+    use crate::secret::{KeyRef, Secret};
+    use crate::stage::{StageDeps, StageRun};
+    use crate::telemetry::Telemetry;
+
+    /// One call the fake saw.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        provider: String,
+        model: String,
+        key: Option<String>,
+        repair: bool,
+    }
+
+    /// A provider whose answers are scripted per model id; unscripted calls get a valid answer.
+    #[derive(Debug)]
+    struct Scripted {
+        provider: String,
+        script: Arc<Mutex<HashMap<String, VecDeque<Result<Completion, ProviderError>>>>>,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    impl ProviderApi for Scripted {
+        fn complete<'a>(
+            &'a self,
+            request: &'a ChatRequest<'a>,
+        ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+            Box::pin(async move {
+                self.seen.lock().unwrap().push(Seen {
+                    provider: self.provider.clone(),
+                    model: request.model.to_string(),
+                    key: request.key.map(|k| k.expose().to_string()),
+                    repair: request.messages.len() > 2,
+                });
+                self.script
+                    .lock()
+                    .unwrap()
+                    .get_mut(request.model)
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or_else(|| Ok(answer(GOOD)))
+            })
+        }
+    }
+
+    const GOOD: &str = r#"{"category": "card_arrival", "urgency": "low", "sentiment": "neutral",
+        "summary": "The card has not arrived yet.",
+        "draft_reply": "Sorry to hear that; we are checking the delivery of your card.",
+        "confidence": 0.99}"#;
+
+    fn answer(content: &str) -> Completion {
+        Completion {
+            content: content.to_string(),
+            usage: Usage {
+                prompt_tokens: 100,
+                completion_tokens: 20,
+                ..Usage::default()
+            },
+            status: 200,
+        }
+    }
+
+    fn failure(class: AttemptClass, status: u16) -> ProviderError {
+        ProviderError {
+            class,
+            status: Some(status),
+            message: format!("scripted {}", class.as_str()),
+            retry_after: (class == AttemptClass::RateLimited).then(|| Duration::from_secs(30)),
+            usage: Usage::default(),
+        }
+    }
+
+    struct Fixture {
+        runner: StageRunner,
+        script: Arc<Mutex<HashMap<String, VecDeque<Result<Completion, ProviderError>>>>>,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        contexts: HashMap<String, u32>,
+    }
+
+    /// The shipped triage stage, sorted by price so the order is fixed, every provider with
+    /// two keys, and the fake behind every provider name.
+    fn fixture(models_smallest_first: bool) -> Fixture {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/support-triage");
+        let mut pipeline = Pipeline::load(&dir).unwrap();
+        for (name, p) in pipeline.providers.iter_mut() {
+            p.keys = ["one", "two"]
+                .iter()
+                .map(|k| ProviderKey {
+                    key_ref: KeyRef::Env(format!("KEY_{k}")),
+                    secret: Secret::new(format!("{name}-{k}")),
+                    rpm: None,
+                    tpm: None,
+                })
+                .collect();
+        }
+        let mut stage = pipeline.stages[0].clone();
+        stage.route.provider.sort = Some(crate::config::SortBy::Price);
+        if models_smallest_first {
+            stage
+                .models
+                .sort_by_key(|m| m.endpoints.first().map_or(0, |e| e.context_length));
+        }
+        let contexts = stage
+            .models
+            .iter()
+            .flat_map(|m| &m.endpoints)
+            .map(|e| (e.model_id.clone(), e.context_length))
+            .collect();
+        let script = Arc::new(Mutex::new(HashMap::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let apis = pipeline.providers.keys().map(|name| {
+            let api: Arc<dyn ProviderApi> = Arc::new(Scripted {
+                provider: name.clone(),
+                script: script.clone(),
+                seen: seen.clone(),
+            });
+            (name.clone(), api)
+        });
+        let deps = StageDeps {
+            providers: Arc::new(Adapters::from_apis(apis)),
+            limits: Arc::new(Limits::new(pipeline.providers.values())),
+            health: Arc::new(Health::new(BreakerConfig::default())),
+            spend: Arc::new(Spend::default()),
+            telemetry: Telemetry::default(),
+        };
+        Fixture {
+            runner: StageRunner::new(stage, None, deps, None).unwrap(),
+            script,
+            seen,
+            contexts,
+        }
+    }
+
+    impl Fixture {
+        /// Every call to `model` answers with these, in order.
+        fn script(&self, model: &str, answers: Vec<Result<Completion, ProviderError>>) {
+            self.script
+                .lock()
+                .unwrap()
+                .insert(model.to_string(), answers.into());
+        }
+
+        /// The model the loop calls first (found by a dry run).
+        async fn first_model(&self) -> String {
+            self.run().await;
+            let first = self.seen.lock().unwrap()[0].model.clone();
+            self.seen.lock().unwrap().clear();
+            first
+        }
+
+        async fn run(&self) -> StageRun {
+            let job: Intake = serde_json::from_value(serde_json::json!({
+                "job_id": "job-1", "tenant": "acme", "pipeline": "support-triage",
+                "payload": {"text": "my card has not arrived", "channel": "email"},
+                "created_at": "2026-12-07T00:00:00Z"
+            }))
+            .unwrap();
+            self.runner.run(&job, &[]).await
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    fn accepted(run: &StageRun) -> bool {
+        matches!(run.outcome, Outcome::Accept { .. })
+    }
+
+    fn dead_letter(run: &StageRun) -> Option<DeadLetterReason> {
+        match &run.outcome {
+            Outcome::DeadLetter { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_class_has_exactly_one_row() {
+        for (i, (class, _)) in NEXT_MOVES.iter().enumerate() {
+            assert!(
+                NEXT_MOVES[i + 1..].iter().all(|(c, _)| c != class),
+                "{class:?} twice"
+            );
+        }
+        assert_eq!(NEXT_MOVES.len(), 11, "a new class needs its row");
+    }
+
+    #[tokio::test]
+    async fn failures_that_move_to_the_next_candidate() {
+        let rows = [
+            (AttemptClass::Transient, 503),
+            (AttemptClass::ProviderBadOutput, 200),
+            (AttemptClass::Catalog, 404),
+            (AttemptClass::RateLimited, 429),
+            (AttemptClass::InvalidRequest, 400),
+        ];
+        for (class, status) in rows {
+            let f = fixture(false);
+            let first = f.first_model().await;
+            let first_provider = {
+                f.run().await;
+                let s = f.seen()[0].provider.clone();
+                f.seen.lock().unwrap().clear();
+                s
+            };
+            f.script(&first, vec![Err(failure(class, status))]);
+            let run = f.run().await;
+            let seen = f.seen();
+            assert_eq!(NextMove::after(class), row_move(class));
+            assert!(accepted(&run), "{class:?}: {:?}", run.outcome);
+            assert_eq!(
+                seen.len(),
+                2,
+                "{class:?}: one failure, one success: {seen:?}"
+            );
+            assert!(
+                (seen[1].provider.as_str(), seen[1].model.as_str())
+                    != (first_provider.as_str(), first.as_str()),
+                "{class:?}: the next call goes to another endpoint: {seen:?}"
+            );
+            assert_eq!(run.attempts[0].class, class);
+            assert_eq!(run.attempts[1].class, AttemptClass::Ok);
+        }
+    }
+
+    fn row_move(class: AttemptClass) -> NextMove {
+        NEXT_MOVES.iter().find(|(c, _)| *c == class).unwrap().1
+    }
+
+    #[tokio::test]
+    async fn auth_and_credit_failures_retry_the_same_endpoint_with_the_next_key() {
+        for (class, status) in [(AttemptClass::Auth, 401), (AttemptClass::OutOfCredit, 402)] {
+            let f = fixture(false);
+            let first = f.first_model().await;
+            f.script(&first, vec![Err(failure(class, status))]);
+            let run = f.run().await;
+            let seen = f.seen();
+            assert!(accepted(&run), "{class:?}: {:?}", run.outcome);
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert_eq!(
+                (&seen[0].provider, &seen[0].model),
+                (&seen[1].provider, &seen[1].model),
+                "{class:?}: same endpoint"
+            );
+            assert_ne!(seen[0].key, seen[1].key, "{class:?}: another key");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_context_window_failure_skips_to_a_larger_window() {
+        let f = fixture(true);
+        let first = f.first_model().await;
+        f.script(&first, vec![Err(failure(AttemptClass::ContextWindow, 413))]);
+        let run = f.run().await;
+        let seen = f.seen();
+        assert!(accepted(&run), "{:?}", run.outcome);
+        assert!(
+            f.contexts[&seen[1].model] > f.contexts[&first],
+            "the next model has a larger window: {seen:?}"
+        );
+        // From the largest window, nothing larger is left: the job is exhausted.
+        let f = fixture(false);
+        let first = f.first_model().await;
+        let largest = f.contexts.values().max().copied().unwrap();
+        assert_eq!(f.contexts[&first], largest);
+        f.script(&first, vec![Err(failure(AttemptClass::ContextWindow, 413))]);
+        let run = f.run().await;
+        assert_eq!(dead_letter(&run), Some(DeadLetterReason::ProviderExhausted));
+        assert!(
+            f.seen()
+                .iter()
+                .all(|s| f.contexts[&s.model] == largest && s.model == first),
+            "no smaller window is called: {:?}",
+            f.seen()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_content_refusal_without_fallback_dead_letters_after_one_call() {
+        let f = fixture(false);
+        let first = f.first_model().await;
+        f.script(&first, vec![Err(failure(AttemptClass::ContentPolicy, 400))]);
+        let run = f.run().await;
+        assert_eq!(dead_letter(&run), Some(DeadLetterReason::ContentPolicy));
+        assert_eq!(f.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_invalid_request_dead_letters() {
+        let f = fixture(false);
+        let models: Vec<String> = f.contexts.keys().cloned().collect();
+        for m in &models {
+            f.script(m, vec![Err(failure(AttemptClass::InvalidRequest, 400)); 2]);
+        }
+        let run = f.run().await;
+        assert_eq!(dead_letter(&run), Some(DeadLetterReason::InvalidRequest));
+        assert_eq!(f.seen().len(), 2, "{:?}", f.seen());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_answer_is_repaired_once_at_the_same_endpoint() {
+        let f = fixture(false);
+        let first = f.first_model().await;
+        f.script(&first, vec![Ok(answer("not json")), Ok(answer(GOOD))]);
+        let run = f.run().await;
+        let seen = f.seen();
+        assert!(accepted(&run), "{:?}", run.outcome);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].model, seen[1].model);
+        assert_eq!(seen[0].provider, seen[1].provider);
+        assert!(!seen[0].repair && seen[1].repair, "{seen:?}");
+        assert_eq!(run.attempts[0].class, AttemptClass::SchemaInvalid);
+        // Still invalid after the repair: the last stage dead-letters it as schema_invalid.
+        let f = fixture(false);
+        let first = f.first_model().await;
+        f.script(&first, vec![Ok(answer("not json")), Ok(answer("{}"))]);
+        let run = f.run().await;
+        assert_eq!(dead_letter(&run), Some(DeadLetterReason::SchemaInvalid));
+        assert_eq!(f.seen().len(), 2);
+    }
+}
