@@ -18,7 +18,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import litellm, confl
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/peer/requirements.txt
 fi
 
-cargo build --release --locked -p switchyard -p llm-sim >&2
+cargo build --release --locked -p switchyard-cli -p llm-sim >&2
 # Many connections in flight in latency mode (2,000 per side).
 ulimit -n 65536 2>/dev/null || true
 exec target/release/switchyard bench --peer "$venv/bin/python bench/peer/peer.py" "$@"

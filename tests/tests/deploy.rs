@@ -267,7 +267,7 @@ fn dashboard_and_prometheus_use_only_exported_metrics() {
     }
     assert!(
         unknown.is_empty(),
-        "metrics not exported by switchyard run (telemetry.rs has {exported:?}):\n{}",
+        "metrics not exported by switchyard run (telemetry/mod.rs has {exported:?}):\n{}",
         unknown.join("\n")
     );
 

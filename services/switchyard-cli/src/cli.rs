@@ -620,18 +620,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Finds a pipeline folder: as given, else relative to the source tree (so `cargo run` works
-/// from any folder of the checkout).
+/// A pipeline folder as given: relative paths are from the working directory, never from the
+/// folder the binary was built in.
 fn locate(dir: &Path) -> PathBuf {
-    if dir.join("pipeline.yaml").is_file() || dir.is_absolute() {
-        return dir.to_path_buf();
-    }
-    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(dir);
-    if from_source.join("pipeline.yaml").is_file() {
-        return from_source;
-    }
     dir.to_path_buf()
 }
 
@@ -1179,18 +1170,9 @@ async fn usage(a: UsageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file as given: relative paths are from the working directory.
 fn locate_file(path: &Path) -> PathBuf {
-    if path.exists() || path.is_absolute() {
-        return path.to_path_buf();
-    }
-    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path);
-    if from_source.exists() {
-        from_source
-    } else {
-        path.to_path_buf()
-    }
+    path.to_path_buf()
 }
 
 fn models(a: ModelsArgs) -> anyhow::Result<()> {

@@ -7,7 +7,10 @@
 //! endpoint's provider exists, keys resolve), so a bad config fails at start, not mid-stream.
 
 pub mod catalog;
+pub mod span;
 pub mod tenant;
+
+use span::{Spans, Step};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -896,6 +899,8 @@ impl Pipeline {
     ) -> Result<Pipeline, ConfigErrors> {
         let mut errors = Vec::new();
         let at = |needle: &str| line_of(text, needle);
+        // Lines of values, from the YAML parser's spans.
+        let spans = Spans::parse(text);
 
         if file.stages.is_empty() {
             errors.push(err(
@@ -958,7 +963,12 @@ impl Pipeline {
         let mut used_providers = Vec::new();
         let mut seen = Vec::new();
         for (index, s) in file.stages.iter().enumerate() {
-            let stage_line = at(&format!("name: {}", s.name));
+            let stage_at = |rest: &[Step<'_>]| {
+                let mut path = vec![Step::Key("stages"), Step::Index(index)];
+                path.extend_from_slice(rest);
+                spans.line(&path)
+            };
+            let stage_line = stage_at(&[]);
             if seen.contains(&s.name) {
                 errors.push(err(
                     path,
@@ -1029,7 +1039,7 @@ impl Pipeline {
                     Err(e) => {
                         errors.push(err(
                             path,
-                            at(&l.train.display().to_string()),
+                            stage_at(&[Step::Key("local"), Step::Key("train")]),
                             format!("stage `{}`: local classifier: {e}", s.name),
                         ));
                         None
@@ -1058,15 +1068,16 @@ impl Pipeline {
             }
             let mut resolve_models = |names: &[String],
                                       what: &str,
+                                      key: &str,
                                       errors: &mut Vec<ConfigError>|
              -> Vec<RouteModel> {
                 let mut out = Vec::new();
-                for written in names {
+                for (k, written) in names.iter().enumerate() {
                     let (m, variant) = split_variant(written);
                     match catalog.models.get(m) {
                         None => errors.push(err(
                             path,
-                            at(written),
+                            stage_at(&[Step::Key("route"), Step::Key(key), Step::Index(k)]),
                             format!(
                                 "stage `{}` {what} model `{m}`, which {} does not list; add it to the catalog or fix the name",
                                 s.name,
@@ -1089,24 +1100,32 @@ impl Pipeline {
                 }
                 out
             };
-            let models = resolve_models(&s.route.models, "routes to", &mut errors);
+            let models = resolve_models(&s.route.models, "routes to", "models", &mut errors);
             let content_fallback = resolve_models(
                 &s.route.content_fallback,
                 "falls back on content refusals to",
+                "content_fallback",
                 &mut errors,
             );
-            for p in s
-                .route
-                .provider
-                .order
+            let prefs = &s.route.provider;
+            let named = [
+                ("order", &prefs.order),
+                ("only", &prefs.only),
+                ("ignore", &prefs.ignore),
+            ];
+            for (key, p, k) in named
                 .iter()
-                .chain(&s.route.provider.only)
-                .chain(&s.route.provider.ignore)
+                .flat_map(|(key, list)| list.iter().enumerate().map(move |(k, p)| (*key, p, k)))
             {
                 if !providers_file.providers.contains_key(p) {
                     errors.push(err(
                         path,
-                        at(p),
+                        stage_at(&[
+                            Step::Key("route"),
+                            Step::Key("provider"),
+                            Step::Key(key),
+                            Step::Index(k),
+                        ]),
                         format!(
                             "stage `{}`: provider preference names `{p}`, which {} does not define",
                             s.name,
@@ -1120,15 +1139,15 @@ impl Pipeline {
             {
                 errors.push(err(
                     path,
-                    at("min_confidence"),
+                    stage_at(&[Step::Key("gate"), Step::Key("min_confidence")]),
                     format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
                 ));
             }
-            for r in &s.gate.escalate_if {
+            for (j, r) in s.gate.escalate_if.iter().enumerate() {
                 if r.equals.is_none() && r.one_of.is_none() {
                     errors.push(err(
                         path,
-                        at(&format!("field: {}", r.field)),
+                        stage_at(&[Step::Key("gate"), Step::Key("escalate_if"), Step::Index(j)]),
                         format!(
                             "stage `{}`: rule on `{}` needs `equals` or `in`",
                             s.name, r.field
@@ -1501,5 +1520,70 @@ mod tests {
         );
         assert_eq!(url_path("https://api.example.com"), "");
         assert_eq!(env_key("open-router"), "OPEN_ROUTER");
+    }
+
+    /// Copies the shipped pipelines folder (pipelines refer to ../catalog.yaml) into `dest`.
+    fn copy_pipelines(dest: &Path) -> std::path::PathBuf {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), &target).unwrap();
+                }
+            }
+        }
+        let to = dest.join("pipelines");
+        copy(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines"),
+            &to,
+        );
+        to
+    }
+
+    #[test]
+    fn a_bad_value_in_the_second_stage_is_reported_at_its_own_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = copy_pipelines(tmp.path()).join("support-triage");
+        let file = dir.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        // Both stages have a min_confidence; only the second one's becomes invalid, and the
+        // second stage also names an unknown model and provider.
+        let second = text.rfind("min_confidence: 0.5").unwrap();
+        let mut edited = text.clone();
+        edited.replace_range(
+            second..second + "min_confidence: 0.5".len(),
+            "min_confidence: 1.5",
+        );
+        let edited = edited.replacen(
+            "models: [simlab/sage-pro, simlab/sage-max]",
+            "models: [simlab/sage-pro, simlab/nope]",
+            1,
+        );
+        std::fs::write(&file, &edited).unwrap();
+        let line_of_text =
+            |needle: &str| edited.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let find = |what: &str| {
+            errors
+                .0
+                .iter()
+                .find(|e| e.message.contains(what))
+                .unwrap_or_else(|| panic!("no error about {what}: {errors}"))
+        };
+        let bad = find("min_confidence 1.5");
+        assert_eq!(
+            bad.line,
+            Some(line_of_text("min_confidence: 1.5")),
+            "{errors}"
+        );
+        assert!(bad.message.contains("stage `resolve`"), "{errors}");
+        // Stage 1's min_confidence sits on an earlier line; a substring search would find it.
+        assert!(line_of_text("min_confidence: 0.68") < bad.line.unwrap());
+        let model = find("simlab/nope");
+        assert_eq!(model.line, Some(line_of_text("simlab/nope")), "{errors}");
     }
 }

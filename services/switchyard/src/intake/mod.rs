@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::config::Pipeline;
 use crate::envelope::{Schemas, Source};
 use crate::kafka::KafkaSettings;
-use crate::output::compose::{Composed, Composer, Input};
+use crate::output::compose::{Composed, Composer, Decision, Input};
 use crate::output::{Output, PublishError};
 use crate::stage::{Outcome, StageRunner};
 use crate::telemetry::Telemetry;
@@ -650,10 +650,12 @@ pub async fn process(shared: &StageShared, received: &Received) -> Composed {
     composer.outcome(
         input,
         &job,
-        decided_by,
-        run.outcome,
-        history,
-        prior,
-        this_stage,
+        Decision {
+            stage: decided_by,
+            outcome: run.outcome,
+            history,
+            prior,
+            this_stage,
+        },
     )
 }

@@ -49,6 +49,21 @@ pub struct Composed {
     pub end: JobEnd,
 }
 
+/// What a stage decided for a job, with what came with it.
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    /// The stage that decided (with ordering, a later stage run inline).
+    pub stage: &'a str,
+    /// The decision.
+    pub outcome: Outcome,
+    /// The escalation trail (the job's, plus inline escalations).
+    pub history: Vec<EscalationStep>,
+    /// Attempts of earlier stages, as the job brought them.
+    pub prior: Vec<Attempt>,
+    /// Attempts made in this worker.
+    pub this_stage: Vec<Attempt>,
+}
+
 /// What went wrong, for the dead-letter builder.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -123,22 +138,18 @@ impl Composer<'_> {
             ),
         );
         let dl = self.dead_letter(input, None, failure, None);
-        self.finish(input, None, Vec::new(), Ended::DeadLetter(dl))
+        self.finish(input, None, Vec::new(), Ended::DeadLetter(Box::new(dl)))
     }
 
-    /// What a stage's outcome for `job` leaves. `stage` is the stage that decided (with
-    /// ordering, a later stage run inline); `this_stage` the attempts made here, `history` and
-    /// `prior` what came with the job.
-    pub fn outcome(
-        &self,
-        input: Input<'_>,
-        job: &Intake,
-        stage: &str,
-        outcome: Outcome,
-        history: Vec<EscalationStep>,
-        prior: Vec<Attempt>,
-        this_stage: Vec<Attempt>,
-    ) -> Composed {
+    /// What a stage's decision for `job` leaves.
+    pub fn outcome(&self, input: Input<'_>, job: &Intake, decision: Decision<'_>) -> Composed {
+        let Decision {
+            stage,
+            outcome,
+            history,
+            prior,
+            this_stage,
+        } = decision;
         let mut attempts = prior;
         attempts.extend(this_stage.iter().cloned());
         let ended = match outcome {
@@ -184,7 +195,7 @@ impl Composer<'_> {
                         }
                     }
                     // Cannot happen with a loaded pipeline; dead-letter rather than lose the job.
-                    None => Ended::DeadLetter(self.dead_letter(
+                    None => Ended::DeadLetter(Box::new(self.dead_letter(
                         input,
                         Some(job),
                         Failure {
@@ -195,21 +206,23 @@ impl Composer<'_> {
                             attempts,
                         },
                         None,
-                    )),
+                    ))),
                 }
             }
-            Outcome::DeadLetter { reason, detail } => Ended::DeadLetter(self.dead_letter(
-                input,
-                Some(job),
-                Failure {
-                    reason,
-                    detail,
-                    stage: stage.to_string(),
-                    escalations: history,
-                    attempts,
-                },
-                None,
-            )),
+            Outcome::DeadLetter { reason, detail } => {
+                Ended::DeadLetter(Box::new(self.dead_letter(
+                    input,
+                    Some(job),
+                    Failure {
+                        reason,
+                        detail,
+                        stage: stage.to_string(),
+                        escalations: history,
+                        attempts,
+                    },
+                    None,
+                )))
+            }
         };
         self.finish(input, Some(job), this_stage, ended)
     }
@@ -256,7 +269,7 @@ impl Composer<'_> {
                 );
                 match self.checked(input, &self.schemas.result, env, &*result) {
                     Ok(env) => (env, JobEnd::Result, Some(LedgerJob::result(&result))),
-                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(dl.1)),
+                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(*dl.1)),
                 }
             }
             Ended::Escalated { topic, escalation } => {
@@ -274,7 +287,7 @@ impl Composer<'_> {
                 );
                 match self.checked(input, &self.schemas.escalation, env, &*escalation) {
                     Ok(env) => (env, JobEnd::Escalated, None),
-                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(dl.1)),
+                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(*dl.1)),
                 }
             }
             Ended::DeadLetter(dl) => (
@@ -386,7 +399,7 @@ impl Composer<'_> {
         validator: &jsonschema::Validator,
         env: Envelope,
         body: &T,
-    ) -> Result<Envelope, (Envelope, LedgerJob)> {
+    ) -> Result<Envelope, (Envelope, Box<LedgerJob>)> {
         let errors = serde_json::to_value(body)
             .map(|v| validation_errors(validator, &v, 4))
             .unwrap_or_else(|e| vec![e.to_string()]);
@@ -405,7 +418,7 @@ impl Composer<'_> {
         let dl = self.dead_letter(input, None, failure, None);
         Err((
             self.dead_letter_envelope(input, &dl),
-            LedgerJob::dead_letter(&dl),
+            Box::new(LedgerJob::dead_letter(&dl)),
         ))
     }
 }
@@ -417,7 +430,7 @@ enum Ended {
         topic: String,
         escalation: Box<Escalation>,
     },
-    DeadLetter(DeadLetter),
+    DeadLetter(Box<DeadLetter>),
 }
 
 /// An envelope with the routing headers every output carries.

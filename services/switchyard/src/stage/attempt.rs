@@ -490,6 +490,8 @@ mod tests {
     use crate::stage::{StageDeps, StageRun};
     use crate::telemetry::Telemetry;
 
+    type Script = Arc<Mutex<HashMap<String, VecDeque<Result<Completion, ProviderError>>>>>;
+
     /// One call the fake saw.
     #[derive(Debug, Clone, PartialEq)]
     struct Seen {
@@ -503,7 +505,7 @@ mod tests {
     #[derive(Debug)]
     struct Scripted {
         provider: String,
-        script: Arc<Mutex<HashMap<String, VecDeque<Result<Completion, ProviderError>>>>>,
+        script: Script,
         seen: Arc<Mutex<Vec<Seen>>>,
     }
 
@@ -558,7 +560,7 @@ mod tests {
 
     struct Fixture {
         runner: StageRunner,
-        script: Arc<Mutex<HashMap<String, VecDeque<Result<Completion, ProviderError>>>>>,
+        script: Script,
         seen: Arc<Mutex<Vec<Seen>>>,
         contexts: HashMap<String, u32>,
     }
