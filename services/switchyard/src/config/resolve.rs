@@ -1,0 +1,656 @@
+//! Resolution: the files as written become the types a run uses, with every check a run
+//! needs, each error at the line of the value it is about.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::error::{err, line_of, read_yaml};
+use super::span::{Spans, Step};
+use super::*;
+
+impl Pipeline {
+    /// Loads `DIR/pipeline.yaml` and everything it references.
+    pub fn load(dir: &Path) -> Result<Pipeline, ConfigErrors> {
+        let path = dir.join("pipeline.yaml");
+        if !path.is_file() {
+            let what = if dir.is_dir() {
+                "has no pipeline.yaml"
+            } else {
+                "does not exist"
+            };
+            return Err(err(
+                dir,
+                None,
+                format!("{what}; give the folder of a pipeline, e.g. pipelines/support-triage"),
+            )
+            .into());
+        }
+        let (file, text): (PipelineFile, String) = read_yaml(&path)?;
+        Self::resolve(dir, &path, &text, file)
+    }
+
+    /// The stage after `index`, if any.
+    pub fn next_stage(&self, index: usize) -> Option<&Stage> {
+        self.stages.get(index + 1)
+    }
+
+    /// Every topic the pipeline uses.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut t = vec![
+            self.topics.intake.clone(),
+            self.topics.results.clone(),
+            self.topics.dlq.clone(),
+            self.topics.ledger.clone(),
+        ];
+        for s in &self.stages {
+            if !t.contains(&s.input_topic) {
+                t.push(s.input_topic.clone());
+            }
+        }
+        t
+    }
+
+    /// Points every provider at `base` (scheme://host:port), keeping each URL's path.
+    /// Used by the demo to reach its in-process simulator.
+    pub fn point_providers_at(&mut self, base: &str) {
+        for p in self.providers.values_mut() {
+            let path = url_path(&p.base_url);
+            p.base_url = format!("{}{}", base.trim_end_matches('/'), path);
+        }
+    }
+
+    fn resolve(
+        dir: &Path,
+        path: &Path,
+        text: &str,
+        file: PipelineFile,
+    ) -> Result<Pipeline, ConfigErrors> {
+        let mut errors = Vec::new();
+        let at = |needle: &str| line_of(text, needle);
+        // Lines of values, from the YAML parser's spans.
+        let spans = Spans::parse(text);
+
+        if file.stages.is_empty() {
+            errors.push(err(
+                path,
+                at("stages"),
+                "a pipeline needs at least one stage",
+            ));
+        }
+        let catalog_path = dir.join(&file.catalog);
+        let providers_path = dir.join(&file.providers);
+        let (catalog, catalog_text): (CatalogFile, String) = read_yaml(&catalog_path)?;
+        let (providers_file, providers_text): (ProvidersFile, String) = read_yaml(&providers_path)?;
+
+        for (name, m) in &catalog.models {
+            for e in &m.endpoints {
+                if !providers_file.providers.contains_key(&e.provider) {
+                    errors.push(err(
+                        &catalog_path,
+                        line_of(&catalog_text, &format!("provider: {}", e.provider)),
+                        format!(
+                            "model `{name}` has an endpoint at provider `{}`, which {} does not define; add it there or remove the endpoint",
+                            e.provider,
+                            providers_path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let name = file.name.clone();
+        let topics = Topics {
+            intake: file
+                .topics
+                .intake
+                .clone()
+                .unwrap_or_else(|| format!("{name}.intake")),
+            results: file
+                .topics
+                .results
+                .clone()
+                .unwrap_or_else(|| format!("{name}.results")),
+            dlq: file
+                .topics
+                .dlq
+                .clone()
+                .unwrap_or_else(|| format!("{name}.dlq")),
+            ledger: file
+                .topics
+                .ledger
+                .clone()
+                .unwrap_or_else(|| format!("{name}.ledger")),
+        };
+        let escalate = file
+            .topics
+            .escalate
+            .clone()
+            .unwrap_or_else(|| format!("{name}.escalate"));
+
+        let mut stages = Vec::new();
+        let mut used_providers = Vec::new();
+        let mut seen = Vec::new();
+        for (index, s) in file.stages.iter().enumerate() {
+            let stage_at = |rest: &[Step<'_>]| {
+                let mut path = vec![Step::Key("stages"), Step::Index(index)];
+                path.extend_from_slice(rest);
+                spans.line(&path)
+            };
+            let stage_line = stage_at(&[]);
+            if seen.contains(&s.name) {
+                errors.push(err(
+                    path,
+                    stage_line,
+                    format!("stage name `{}` is used twice", s.name),
+                ));
+            }
+            seen.push(s.name.clone());
+            let read = |p: &Path, what: &str, errors: &mut Vec<ConfigError>| -> Option<String> {
+                let full = dir.join(p);
+                match std::fs::read_to_string(&full) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        errors.push(err(
+                            path,
+                            at(&p.display().to_string()),
+                            format!(
+                                "stage `{}`: cannot read {what} {}: {e}",
+                                s.name,
+                                full.display()
+                            ),
+                        ));
+                        None
+                    }
+                }
+            };
+            let prompt = read(&s.prompt, "prompt", &mut errors);
+            let system_prompt = s
+                .system_prompt
+                .as_ref()
+                .and_then(|p| read(p, "system prompt", &mut errors));
+            for (src, p) in [
+                (&prompt, Some(&s.prompt)),
+                (&system_prompt, s.system_prompt.as_ref()),
+            ] {
+                if let (Some(src), Some(p)) = (src, p)
+                    && let Err(e) = crate::prompt::check(src)
+                {
+                    let full = dir.join(p);
+                    errors.push(err(&full, e.line(), format!("template error: {e}")));
+                }
+            }
+            let schema = read(&s.output_schema, "output schema", &mut errors).and_then(|t| {
+                let full = dir.join(&s.output_schema);
+                match serde_json::from_str::<Value>(&t) {
+                    Ok(v) => match crate::envelope::compile_schema(&v) {
+                        Ok(_) => Some(v),
+                        Err(e) => {
+                            errors.push(err(&full, None, format!("not a valid JSON Schema: {e}")));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        errors.push(err(&full, Some(e.line()), format!("not valid JSON: {e}")));
+                        None
+                    }
+                }
+            });
+            let local = s.local.as_ref().and_then(|l| {
+                let train = dir.join(&l.train);
+                match crate::classify::read_examples(&train)
+                    .and_then(|rows| crate::classify::Classifier::train(&rows))
+                {
+                    Ok(c) => Some(LocalStage {
+                        classifier: std::sync::Arc::new(c),
+                        label_field: l.label_field.clone(),
+                    }),
+                    Err(e) => {
+                        errors.push(err(
+                            path,
+                            stage_at(&[Step::Key("local"), Step::Key("train")]),
+                            format!("stage `{}`: local classifier: {e}", s.name),
+                        ));
+                        None
+                    }
+                }
+            });
+            if s.local.is_some() && !s.route.models.is_empty() {
+                errors.push(err(
+                    path,
+                    stage_line,
+                    format!(
+                        "stage `{}` has both `local` and route.models; a stage is either a local classifier or calls models",
+                        s.name
+                    ),
+                ));
+            }
+            if s.route.models.is_empty() && s.local.is_none() {
+                errors.push(err(
+                    path,
+                    stage_line,
+                    format!(
+                        "stage `{}` routes to no models; list at least one under route.models",
+                        s.name
+                    ),
+                ));
+            }
+            let mut resolve_models = |names: &[String],
+                                      what: &str,
+                                      key: &str,
+                                      errors: &mut Vec<ConfigError>|
+             -> Vec<RouteModel> {
+                let mut out = Vec::new();
+                for (k, written) in names.iter().enumerate() {
+                    let (m, variant) = split_variant(written);
+                    match catalog.models.get(m) {
+                        None => errors.push(err(
+                            path,
+                            stage_at(&[Step::Key("route"), Step::Key(key), Step::Index(k)]),
+                            format!(
+                                "stage `{}` {what} model `{m}`, which {} does not list; add it to the catalog or fix the name",
+                                s.name,
+                                catalog_path.display()
+                            ),
+                        )),
+                        Some(model) => {
+                            for e in &model.endpoints {
+                                if !used_providers.contains(&e.provider) {
+                                    used_providers.push(e.provider.clone());
+                                }
+                            }
+                            out.push(RouteModel {
+                                name: m.to_string(),
+                                variant,
+                                endpoints: model.endpoints.iter().map(|e| endpoint(m, model, e)).collect(),
+                            });
+                        }
+                    }
+                }
+                out
+            };
+            let models = resolve_models(&s.route.models, "routes to", "models", &mut errors);
+            let content_fallback = resolve_models(
+                &s.route.content_fallback,
+                "falls back on content refusals to",
+                "content_fallback",
+                &mut errors,
+            );
+            let prefs = &s.route.provider;
+            let named = [
+                ("order", &prefs.order),
+                ("only", &prefs.only),
+                ("ignore", &prefs.ignore),
+            ];
+            for (key, p, k) in named
+                .iter()
+                .flat_map(|(key, list)| list.iter().enumerate().map(move |(k, p)| (*key, p, k)))
+            {
+                if !providers_file.providers.contains_key(p) {
+                    errors.push(err(
+                        path,
+                        stage_at(&[
+                            Step::Key("route"),
+                            Step::Key("provider"),
+                            Step::Key(key),
+                            Step::Index(k),
+                        ]),
+                        format!(
+                            "stage `{}`: provider preference names `{p}`, which {} does not define",
+                            s.name,
+                            providers_path.display()
+                        ),
+                    ));
+                }
+            }
+            if let Some(c) = s.gate.min_confidence
+                && !(0.0..=1.0).contains(&c)
+            {
+                errors.push(err(
+                    path,
+                    stage_at(&[Step::Key("gate"), Step::Key("min_confidence")]),
+                    format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
+                ));
+            }
+            for (j, r) in s.gate.escalate_if.iter().enumerate() {
+                if r.equals.is_none() && r.one_of.is_none() {
+                    errors.push(err(
+                        path,
+                        stage_at(&[Step::Key("gate"), Step::Key("escalate_if"), Step::Index(j)]),
+                        format!(
+                            "stage `{}`: rule on `{}` needs `equals` or `in`",
+                            s.name, r.field
+                        ),
+                    ));
+                }
+            }
+            let input_topic = s.input_topic.clone().unwrap_or_else(|| match index {
+                0 => topics.intake.clone(),
+                1 => escalate.clone(),
+                _ => format!("{name}.escalate.{}", s.name),
+            });
+            if let (Some(prompt), Some(schema)) = (prompt, schema) {
+                stages.push(Stage {
+                    name: s.name.clone(),
+                    index,
+                    input_topic,
+                    system_prompt,
+                    prompt,
+                    output_schema: schema,
+                    models,
+                    content_fallback,
+                    route: s.route.clone(),
+                    local,
+                    gate: s.gate.clone(),
+                });
+            }
+        }
+
+        {
+            let mut seen_topics: Vec<(&str, String)> = vec![
+                (topics.results.as_str(), "results".to_string()),
+                (topics.dlq.as_str(), "dead letters".to_string()),
+                (topics.ledger.as_str(), "ledger".to_string()),
+            ];
+            for st in &stages {
+                seen_topics.push((
+                    st.input_topic.as_str(),
+                    format!("input of stage `{}`", st.name),
+                ));
+            }
+            for (i, (t, what)) in seen_topics.iter().enumerate() {
+                if let Some((_, other)) = seen_topics[..i].iter().find(|(u, _)| u == t) {
+                    errors.push(err(path, at(t), format!("topic `{t}` is used both as {other} and as {what}; every role needs its own topic")));
+                }
+            }
+        }
+
+        let mut providers = BTreeMap::new();
+        for pname in used_providers {
+            let Some(p) = providers_file.providers.get(&pname) else {
+                continue;
+            };
+            let env_name = format!("SWITCHYARD_PROVIDER_{}_URL", env_key(&pname));
+            let from_env = std::env::var(&env_name).ok();
+            let base_url = from_env.clone().unwrap_or_else(|| p.base_url.clone());
+            if from_env.is_some()
+                && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+            {
+                errors.push(err(&providers_path, None, format!("provider `{pname}`: {env_name}=`{base_url}` must start with http:// or https://")));
+            } else if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                errors.push(err(&providers_path, line_of(&providers_text, &p.base_url), format!("provider `{pname}`: base_url `{base_url}` must start with http:// or https://")));
+            }
+            let mut written_keys: Vec<KeyFile> = p
+                .api_key
+                .iter()
+                .map(|k| KeyFile {
+                    key: k.clone(),
+                    rpm: None,
+                    tpm: None,
+                })
+                .collect();
+            written_keys.extend(p.keys.iter().cloned());
+            let mut keys = Vec::new();
+            for k in written_keys {
+                match k.key.resolve() {
+                    Ok(secret) => keys.push(ProviderKey {
+                        key_ref: k.key.clone(),
+                        secret,
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                    }),
+                    Err(e) => errors.push(err(
+                        &providers_path,
+                        line_of(&providers_text, &k.key.to_string()),
+                        format!("provider `{pname}`: {e}"),
+                    )),
+                }
+            }
+            providers.insert(
+                pname.clone(),
+                Provider {
+                    name: pname,
+                    api: p.api,
+                    base_url,
+                    keys,
+                    rpm: p.rpm,
+                    tpm: p.tpm,
+                    max_concurrency: p.max_concurrency,
+                    headers: p.headers.clone(),
+                    forward_metadata: p.forward_metadata.clone(),
+                },
+            );
+        }
+
+        if let Some(s) = &file.samples {
+            match first_sample(&dir.join(s), &file.name) {
+                Ok(Some(job)) => check_prompts_render(dir, &file, &stages, &job, &mut errors),
+                Ok(None) => {}
+                Err(e) => errors.push(err(path, at(&s.display().to_string()), e)),
+            }
+        }
+        let tenants = match &file.tenants {
+            None => None,
+            Some(t) => {
+                let tpath = dir.join(t);
+                let (tf, ttext): (TenantsFile, String) = read_yaml(&tpath)?;
+                Some(resolve_tenants(
+                    &tpath,
+                    &ttext,
+                    tf,
+                    &catalog,
+                    &providers_file,
+                    &mut errors,
+                ))
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Pipeline {
+            tenants,
+            ordering: file.ordering,
+            name,
+            description: file.description,
+            dir: dir.to_path_buf(),
+            topics,
+            concurrency: file.concurrency,
+            stages,
+            providers,
+            samples: file.samples.map(|s| dir.join(s)),
+        })
+    }
+}
+
+/// The first sample payload as a job, to try the prompts on.
+fn first_sample(path: &Path, pipeline: &str) -> Result<Option<crate::envelope::Intake>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read samples file {}: {e}", path.display()))?;
+    let Some(line) = text.lines().find(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let payload: Value = serde_json::from_str(line).map_err(|e| {
+        format!(
+            "samples file {}: first line is not JSON: {e}",
+            path.display()
+        )
+    })?;
+    Ok(Some(crate::envelope::Intake {
+        job_id: "sample-1".into(),
+        tenant: "sample".into(),
+        pipeline: pipeline.to_string(),
+        payload,
+        created_at: crate::envelope::now(),
+        metadata: BTreeMap::new(),
+        redrive_count: 0,
+    }))
+}
+
+/// Renders every stage's prompts for a sample job (with a made-up escalation for later
+/// stages), so unknown filters and fields the samples lack are found at start.
+fn check_prompts_render(
+    dir: &Path,
+    file: &PipelineFile,
+    stages: &[Stage],
+    job: &crate::envelope::Intake,
+    errors: &mut Vec<ConfigError>,
+) {
+    use crate::envelope::{EscalationReason, EscalationStep};
+    for (stage, written) in stages.iter().zip(&file.stages) {
+        let Ok(prompts) =
+            crate::prompt::Prompts::new(stage.system_prompt.as_deref(), &stage.prompt)
+        else {
+            continue;
+        };
+        let history: Vec<EscalationStep> = stages[..stage.index]
+            .iter()
+            .map(|earlier| EscalationStep {
+                from_stage: earlier.name.clone(),
+                to_stage: stage.name.clone(),
+                reason: EscalationReason::LowConfidence,
+                detail: "sample".into(),
+                output: Value::Object(Default::default()),
+                confidence: Some(0.5),
+            })
+            .collect();
+        if let Err(e) = prompts.render(job, &history, "{}") {
+            let template = match e.name() {
+                Some("system") => written.system_prompt.clone().unwrap_or_default(),
+                _ => written.prompt.clone(),
+            };
+            errors.push(err(
+                &dir.join(template),
+                e.line(),
+                format!(
+                    "stage `{}`: the prompt does not render for the first sample job: {e}",
+                    stage.name
+                ),
+            ));
+        }
+    }
+}
+
+fn resolve_tenants(
+    path: &Path,
+    text: &str,
+    file: TenantsFile,
+    catalog: &CatalogFile,
+    providers: &ProvidersFile,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, crate::config::tenant::Tenant> {
+    let usd = |v: Option<f64>,
+               what: &str,
+               name: &str,
+               errors: &mut Vec<ConfigError>|
+     -> Option<crate::money::MicroUsd> {
+        let v = v?;
+        if !(v.is_finite() && v >= 0.0) {
+            errors.push(err(
+                path,
+                line_of(text, what),
+                format!("tenant `{name}`: {what} {v} must be a non-negative number of dollars"),
+            ));
+            return None;
+        }
+        Some(crate::money::MicroUsd((v * 1e6).round() as u64))
+    };
+    let mut out = BTreeMap::new();
+    for (name, t) in file.tenants {
+        for m in &t.allowed_models {
+            if !catalog.models.contains_key(m) {
+                errors.push(err(
+                    path,
+                    line_of(text, m),
+                    format!("tenant `{name}` allows model `{m}`, which the catalog does not list"),
+                ));
+            }
+        }
+        for p in t.allowed_providers.iter().chain(t.keys.keys()) {
+            if !providers.providers.contains_key(p) {
+                errors.push(err(
+                    path,
+                    line_of(text, p),
+                    format!(
+                        "tenant `{name}` names provider `{p}`, which providers.yaml does not define"
+                    ),
+                ));
+            }
+        }
+        let mut keys = Vec::new();
+        for (provider, k) in &t.keys {
+            match k.key.resolve() {
+                Ok(secret) => keys.push((
+                    provider.clone(),
+                    ProviderKey {
+                        key_ref: k.key.clone(),
+                        secret,
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                    },
+                )),
+                Err(e) => errors.push(err(
+                    path,
+                    line_of(text, &k.key.to_string()),
+                    format!("tenant `{name}`, provider `{provider}`: {e}"),
+                )),
+            }
+        }
+        let daily = usd(t.budget.daily_usd, "daily_usd", &name, errors);
+        let monthly = usd(t.budget.monthly_usd, "monthly_usd", &name, errors);
+        out.insert(
+            name.clone(),
+            crate::config::tenant::Tenant {
+                name,
+                allowed_models: t.allowed_models,
+                allowed_providers: t.allowed_providers,
+                data_collection: t.data_collection,
+                daily,
+                monthly,
+                keys,
+                shared_keys: t.shared_keys,
+            },
+        );
+    }
+    out
+}
+
+fn endpoint(name: &str, model: &ModelFile, e: &EndpointFile) -> Endpoint {
+    Endpoint {
+        model: name.to_string(),
+        provider: e.provider.clone(),
+        model_id: e.model_id.clone().unwrap_or_else(|| name.to_string()),
+        input: e.price.input,
+        output: e.price.output,
+        cached: e.price.cached.unwrap_or(e.price.input),
+        json_schema: model.capabilities.iter().any(|c| c == "json_schema"),
+        context_length: model.context_length,
+        data_collection: e.data_collection,
+        zdr: e.zdr,
+        quantization: e.quantization.clone(),
+        throughput: e.throughput,
+        latency: e.latency,
+        parameters: e
+            .parameters
+            .clone()
+            .unwrap_or_else(|| model.parameters.clone()),
+    }
+}
+
+/// `simcloud` → `SIMCLOUD`, `open-router` → `OPEN_ROUTER`.
+pub fn env_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub(super) fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.find('/').map(|i| &rest[i..]).unwrap_or("")
+}
