@@ -494,6 +494,15 @@ pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// The job id of a message that could not be decoded, when one can be read from it.
+pub fn job_id_hint(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    v.get("job_id")
+        .or_else(|| v.pointer("/job/job_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

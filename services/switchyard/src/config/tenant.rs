@@ -1,6 +1,6 @@
 //! Tenants: who may use which models and providers, under which data policy, with which of
 //! their own keys (BYOK), and within which daily and monthly budgets.
-//! Budgets are enforced in [`crate::limit::budget`].
+//! Budgets are enforced by the `limit::budget` module.
 
 use crate::config::{DataPolicy, Endpoint, ProviderKey};
 use crate::money::MicroUsd;

@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use crate::envelope::{Attempt, Escalation, EscalationStep, Intake, Schemas, validation_errors};
 
+pub use crate::envelope::job_id_hint;
+
 /// A job as a stage receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -100,15 +102,6 @@ impl Decoder<'_> {
         }
         Ok(job)
     }
-}
-
-/// The job id of a message that could not be decoded, when one can be read from it.
-pub fn job_id_hint(payload: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    v.get("job_id")
-        .or_else(|| v.pointer("/job/job_id"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
 }
 
 #[cfg(test)]

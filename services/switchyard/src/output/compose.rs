@@ -100,7 +100,7 @@ impl Composer<'_> {
         DeadLetter {
             job_id: job
                 .map(|j| j.job_id.clone())
-                .or_else(|| crate::intake::decode::job_id_hint(input.payload)),
+                .or_else(|| crate::envelope::job_id_hint(input.payload)),
             tenant: job.map(|j| j.tenant.clone()),
             pipeline: self.pipeline.name.clone(),
             stage: failure.stage,
@@ -321,7 +321,7 @@ impl Composer<'_> {
         let (job_id, tenant) = match job {
             Some(j) => (j.job_id.clone(), j.tenant.clone()),
             None => (
-                crate::intake::decode::job_id_hint(input.payload).unwrap_or_else(|| {
+                crate::envelope::job_id_hint(input.payload).unwrap_or_else(|| {
                     format!(
                         "{}/{}/{}",
                         input.source.topic, input.source.partition, input.source.offset
