@@ -48,6 +48,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Labelled jobs through the pipeline and through cheap-only and strong-only baselines.
     Eval(EvalArgs),
+    /// The local tier alone on labelled data: top-1, coverage and precision at the threshold,
+    /// out-of-scope queries answered (banking77 CSVs or clinc150's data_full.json).
+    LocalEval(LocalEvalArgs),
     /// Management report over a window of the results, dead-letter and ledger topics.
     Report(ReportArgs),
     /// A file of documents through a pipeline (split to fit, merged back); outputs and F1.
@@ -388,6 +391,26 @@ impl From<GroupByArg> for switchyard::ledger::GroupBy {
     }
 }
 
+/// `switchyard local-eval`.
+#[derive(Debug, clap::Args)]
+pub struct LocalEvalArgs {
+    /// Training data: a CSV of `text,label`, or clinc150's data_full.json.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test CSV (clinc150 brings its own test split).
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Precision the answers must reach (the threshold is chosen by cross-validation).
+    #[arg(long, default_value_t = 0.98)]
+    pub precision: f64,
+    /// clinc150: train with its out-of-scope training queries as a "none of these" class.
+    #[arg(long)]
+    pub oos_examples: bool,
+    /// One JSON object instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `switchyard models`.
 #[derive(Debug, clap::Args)]
 pub struct ModelsArgs {
@@ -601,6 +624,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Chaos(a) => chaos(a).await,
         Command::Bench(a) => bench(a).await,
         Command::Eval(a) => eval(a).await,
+        Command::LocalEval(a) => local_eval(a),
         Command::Report(a) => report(a).await,
         Command::Batch(a) => batch(a).await,
         Command::Tail(a) => tail(a).await,
@@ -838,8 +862,8 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
         let models: Vec<String> = plan.candidates.iter().map(|c| c.endpoint.id()).collect();
         let how = match &s.local {
             Some(l) => format!(
-                "local classifier ({} labels, trained at start-up; no paid call)",
-                l.classifier.labels().len()
+                "local classifier, trained at start-up, no paid call: {}",
+                l.classifier.report.summary()
             ),
             None => models.join(" → "),
         };
@@ -1173,6 +1197,23 @@ async fn usage(a: UsageArgs) -> anyhow::Result<()> {
 /// A file as given: relative paths are from the working directory.
 fn locate_file(path: &Path) -> PathBuf {
     path.to_path_buf()
+}
+
+fn local_eval(a: LocalEvalArgs) -> anyhow::Result<()> {
+    crate::log::init("warn");
+    let report =
+        crate::tools::local_eval::run_local_eval(&crate::tools::local_eval::LocalEvalOptions {
+            train: locate_file(&a.train),
+            test: a.test.as_deref().map(locate_file),
+            precision: Some(a.precision),
+            oos_examples: a.oos_examples,
+        })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }
 
 fn models(a: ModelsArgs) -> anyhow::Result<()> {

@@ -461,12 +461,17 @@ impl Schemas {
 }
 
 /// Compiles a stage's output schema (formats checked, no remote references).
-pub fn compile_schema(schema: &Value) -> Result<Validator, String> {
+pub fn compile_schema(schema: &Value) -> Result<Validator, InvalidSchema> {
     jsonschema::options()
         .should_validate_formats(true)
         .build(schema)
-        .map_err(|e| e.to_string())
+        .map_err(|e| InvalidSchema(e.to_string()))
 }
+
+/// A JSON Schema that does not compile, with the compiler's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSchema(pub String);
 
 /// Every validation error as `path: message`, at most `limit` of them.
 pub fn validation_errors(validator: &Validator, value: &Value, limit: usize) -> Vec<String> {

@@ -30,7 +30,8 @@
 //! loading checks templates and trains the local tier, so errors point at the file and line.
 
 pub mod app;
-pub mod classify;
+/// The local tier's model (its own crate, built optimised even in test builds).
+pub use switchyard_classify as classify;
 pub mod config;
 pub mod envelope;
 pub mod gate;

@@ -44,35 +44,55 @@ pub enum KeyRef {
     File(PathBuf),
 }
 
+/// Why a key reference could not be read or resolved. Texts name the reference, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not `env:NAME` or `file:PATH` (perhaps a key pasted inline; it is not echoed).
+    #[error("a key must be given as a reference, `env:NAME` or `file:PATH`, never inline")]
+    NotAReference,
+    /// The variable is unset or empty.
+    #[error("environment variable {0} is not set (or empty); export it before starting")]
+    Unset(String),
+    /// The file is empty.
+    #[error("key file {} is empty", .0.display())]
+    EmptyFile(PathBuf),
+    /// The file cannot be read.
+    #[error("cannot read key file {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 impl KeyRef {
     /// Parses `env:NAME` or `file:PATH`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
         if let Some(name) = text.strip_prefix("env:").filter(|n| !n.is_empty()) {
             Ok(KeyRef::Env(name.to_string()))
         } else if let Some(path) = text.strip_prefix("file:").filter(|p| !p.is_empty()) {
             Ok(KeyRef::File(PathBuf::from(path)))
         } else {
             // Never echo the value: it may be a key pasted inline by mistake.
-            Err(
-                "a key must be given as a reference, `env:NAME` or `file:PATH`, never inline"
-                    .into(),
-            )
+            Err(KeyError::NotAReference)
         }
     }
 
     /// Reads the key. The error names the reference, never a value.
-    pub fn resolve(&self) -> Result<Secret, String> {
+    pub fn resolve(&self) -> Result<Secret, KeyError> {
         match self {
             KeyRef::Env(name) => match std::env::var(name) {
                 Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-                _ => Err(format!(
-                    "environment variable {name} is not set (or empty); export it before starting"
-                )),
+                _ => Err(KeyError::Unset(name.clone())),
             },
             KeyRef::File(path) => match std::fs::read_to_string(path) {
                 Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-                Ok(_) => Err(format!("key file {} is empty", path.display())),
-                Err(e) => Err(format!("cannot read key file {}: {e}", path.display())),
+                Ok(_) => Err(KeyError::EmptyFile(path.clone())),
+                Err(source) => Err(KeyError::Unreadable {
+                    path: path.clone(),
+                    source,
+                }),
             },
         }
     }
@@ -135,7 +155,7 @@ mod tests {
             KeyRef::parse("file:/run/k").unwrap(),
             KeyRef::File("/run/k".into())
         );
-        let err = KeyRef::parse("sk-inline-secret").unwrap_err();
+        let err = KeyRef::parse("sk-inline-secret").unwrap_err().to_string();
         assert!(!err.contains("sk-inline-secret"));
     }
 
@@ -143,7 +163,8 @@ mod tests {
     fn missing_env_names_the_variable() {
         let err = KeyRef::Env("SWITCHYARD_TEST_SURELY_UNSET".into())
             .resolve()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("SWITCHYARD_TEST_SURELY_UNSET"));
     }
 }

@@ -6,5 +6,6 @@ pub mod bench;
 pub mod chaos;
 pub mod demo;
 pub mod eval;
+pub mod local_eval;
 #[cfg(feature = "report")]
 pub mod report;

@@ -334,7 +334,7 @@ pub async fn read_window(
     pipeline: &Pipeline,
     since: OffsetDateTime,
     idle: Duration,
-) -> Result<Records, String> {
+) -> Result<Records, switchyard::kafka::client::ClientError> {
     let topics = &pipeline.topics;
     let consumer = reader(kafka, &[&topics.results, &topics.dlq, &topics.ledger])?;
     let mut records = Records::default();

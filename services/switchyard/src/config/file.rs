@@ -159,6 +159,15 @@ pub struct LocalSpec {
     /// The output field that gets the label.
     #[serde(default = "default_label_field")]
     pub label_field: String,
+    /// Precision the tier's answers must reach on cross-validated training data; the
+    /// threshold is chosen for it at load, and when the data cannot support it every job
+    /// escalates. Without it the tier answers everything in scope and the gate decides.
+    #[serde(default)]
+    pub precision: Option<f64>,
+    /// Optional out-of-scope examples (CSV `text,label` with a header; labels ignored) that
+    /// train a "none of these" class the tier never answers with.
+    #[serde(default)]
+    pub oos_examples: Option<PathBuf>,
 }
 
 pub(crate) fn default_label_field() -> String {

@@ -197,13 +197,44 @@ impl Pipeline {
                     }
                 }
             });
+            if let Some(p) = s.local.as_ref().and_then(|l| l.precision)
+                && !(0.0..1.0).contains(&p)
+            {
+                errors.push(err(
+                    path,
+                    stage_at(&[Step::Key("local"), Step::Key("precision")]),
+                    format!(
+                        "stage `{}`: local.precision {p} must be in 0..1 (e.g. 0.98)",
+                        s.name
+                    ),
+                ));
+            }
             let local = s.local.as_ref().and_then(|l| {
                 let train = dir.join(&l.train);
-                match crate::classify::read_examples(&train)
-                    .and_then(|rows| crate::classify::Classifier::train(&rows))
-                {
+                let options = crate::classify::Options {
+                    precision: l.precision.filter(|p| (0.0..1.0).contains(p)),
+                    ..crate::classify::Options::default()
+                };
+                let oos = match &l.oos_examples {
+                    None => Ok(Vec::new()),
+                    Some(f) => crate::classify::read_examples(&dir.join(f))
+                        .map(|rows| rows.into_iter().map(|(t, _)| t).collect()),
+                };
+                match oos.and_then(|oos| {
+                    crate::classify::read_examples(&train).and_then(|rows| {
+                        crate::classify::Classifier::train_with_oos(&rows, &oos, options)
+                    })
+                }) {
                     Ok(c) => Some(LocalStage {
-                        classifier: std::sync::Arc::new(c),
+                        classifier: {
+                            let r = &c.report;
+                            if r.target_precision.is_some() && r.threshold.is_none() {
+                                tracing::warn!(stage = %s.name, "local tier: {}", r.summary());
+                            } else {
+                                tracing::info!(stage = %s.name, "local tier: {}", r.summary());
+                            }
+                            std::sync::Arc::new(c)
+                        },
                         label_field: l.label_field.clone(),
                     }),
                     Err(e) => {

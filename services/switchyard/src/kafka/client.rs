@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -67,18 +68,78 @@ pub fn jobs_from_jsonl(
     Ok(jobs)
 }
 
+/// Why a Kafka client call failed; every text says where (brokers, topic) and, where it helps,
+/// what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client could not be created (bad settings).
+    #[error("cannot create a {what} for {brokers}: {detail}")]
+    Create {
+        /// Producer, reader or client.
+        what: &'static str,
+        /// The bootstrap servers.
+        brokers: String,
+        /// librdkafka's reason, without option values.
+        detail: String,
+    },
+    /// No metadata came back in time.
+    #[error("cannot reach the brokers at {brokers} within 15 s: {source}; is the broker running?")]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// Why.
+        source: Box<KafkaError>,
+    },
+    /// A topic's metadata could not be read.
+    #[error("cannot read the metadata of {topic} from {brokers}: {source}")]
+    Metadata {
+        /// Topic.
+        topic: String,
+        /// The bootstrap servers.
+        brokers: String,
+        /// Why.
+        source: Box<KafkaError>,
+    },
+    /// The topic does not exist.
+    #[error(
+        "topic {topic} does not exist on {brokers}; create it (switchyard validate lists a pipeline's topics)"
+    )]
+    NoTopic {
+        /// Topic.
+        topic: String,
+        /// The bootstrap servers.
+        brokers: String,
+    },
+    /// Partitions could not be assigned.
+    #[error("cannot assign {what}: {source}")]
+    Assign {
+        /// Which partitions.
+        what: String,
+        /// Why.
+        source: Box<KafkaError>,
+    },
+    /// The broker did not acknowledge a message.
+    #[error("sending to {topic} failed after {sent} messages: {source}")]
+    Send {
+        /// Topic.
+        topic: String,
+        /// Messages acknowledged before the failure.
+        sent: usize,
+        /// Why.
+        source: Box<KafkaError>,
+    },
+}
+
 /// Sends `(key, value)` messages to `topic` and waits until the broker has acknowledged all.
 pub async fn send_all(
     kafka: &KafkaSettings,
     topic: &str,
     messages: &[(String, Vec<u8>)],
-) -> Result<usize, String> {
-    let producer: FutureProducer = kafka.producer().create().map_err(|e| {
-        format!(
-            "cannot create a producer for {}: {}",
-            kafka.brokers,
-            crate::kafka::error_text(&e)
-        )
+) -> Result<usize, ClientError> {
+    let producer: FutureProducer = kafka.producer().create().map_err(|e| ClientError::Create {
+        what: "producer",
+        brokers: kafka.brokers.clone(),
+        detail: crate::kafka::error_text(&e),
     })?;
     let mut pending = Vec::with_capacity(messages.len());
     for (key, value) in messages {
@@ -91,10 +152,12 @@ pub async fn send_all(
     for r in futures::future::join_all(pending).await {
         match r {
             Ok(_) => sent += 1,
-            Err((e, _)) => {
-                return Err(format!(
-                    "sending to {topic} failed after {sent} messages: {e}"
-                ));
+            Err((source, _)) => {
+                return Err(ClientError::Send {
+                    topic: topic.to_string(),
+                    sent,
+                    source: Box::new(source),
+                });
             }
         }
     }
@@ -102,25 +165,24 @@ pub async fn send_all(
 }
 
 /// The topics of `topics` that the cluster does not have.
-pub fn missing_topics(kafka: &KafkaSettings, topics: &[String]) -> Result<Vec<String>, String> {
+pub fn missing_topics(
+    kafka: &KafkaSettings,
+    topics: &[String],
+) -> Result<Vec<String>, ClientError> {
     let consumer: StreamConsumer =
         kafka
             .reader("switchyard-topic-check")
             .create()
-            .map_err(|e| {
-                format!(
-                    "cannot create a client for {}: {}",
-                    kafka.brokers,
-                    crate::kafka::error_text(&e)
-                )
+            .map_err(|e| ClientError::Create {
+                what: "client",
+                brokers: kafka.brokers.clone(),
+                detail: crate::kafka::error_text(&e),
             })?;
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(15))
-        .map_err(|e| {
-            format!(
-                "cannot reach the brokers at {} within 15 s: {e}; is the broker running?",
-                kafka.brokers
-            )
+        .map_err(|source| ClientError::Unreachable {
+            brokers: kafka.brokers.clone(),
+            source: Box::new(source),
         })?;
     let present: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
     Ok(topics
@@ -135,7 +197,7 @@ pub async fn produce_jobs(
     kafka: &KafkaSettings,
     topic: &str,
     jobs: &[Intake],
-) -> Result<usize, String> {
+) -> Result<usize, ClientError> {
     let messages: Vec<(String, Vec<u8>)> = jobs
         .iter()
         .map(|j| (j.job_id.clone(), serde_json::to_vec(j).unwrap_or_default()))
@@ -145,24 +207,25 @@ pub async fn produce_jobs(
 
 /// A reader of whole topics from the beginning. Partitions are assigned directly (no group
 /// join), so it reads from the moment it is created.
-pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, String> {
+pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, ClientError> {
     let group = format!("switchyard-reader-{}", uuid::Uuid::new_v4());
-    let consumer: StreamConsumer = kafka.reader(&group).create().map_err(|e| {
-        format!(
-            "cannot create a reader for {}: {}",
-            kafka.brokers,
-            crate::kafka::error_text(&e)
-        )
-    })?;
+    let consumer: StreamConsumer =
+        kafka
+            .reader(&group)
+            .create()
+            .map_err(|e| ClientError::Create {
+                what: "reader",
+                brokers: kafka.brokers.clone(),
+                detail: crate::kafka::error_text(&e),
+            })?;
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| {
-                format!(
-                    "cannot read the metadata of {topic} from {}: {e}",
-                    kafka.brokers
-                )
+            .map_err(|source| ClientError::Metadata {
+                topic: topic.to_string(),
+                brokers: kafka.brokers.clone(),
+                source: Box::new(source),
             })?;
         let partitions = metadata
             .topics()
@@ -171,16 +234,25 @@ pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, 
             .map(|t| t.partitions().len())
             .unwrap_or(0);
         if partitions == 0 {
-            return Err(format!("topic {topic} does not exist on {}", kafka.brokers));
+            return Err(ClientError::NoTopic {
+                topic: topic.to_string(),
+                brokers: kafka.brokers.clone(),
+            });
         }
         for p in 0..partitions as i32 {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(|e| format!("cannot assign {topic}/{p}: {e}"))?;
+                .map_err(|source| ClientError::Assign {
+                    what: format!("{topic}/{p}"),
+                    source: Box::new(source),
+                })?;
         }
     }
     consumer
         .assign(&tpl)
-        .map_err(|e| format!("cannot assign {topics:?}: {e}"))?;
+        .map_err(|source| ClientError::Assign {
+            what: format!("{topics:?}"),
+            source: Box::new(source),
+        })?;
     Ok(consumer)
 }
 

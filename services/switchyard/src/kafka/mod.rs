@@ -24,6 +24,19 @@ pub fn error_text(e: &rdkafka::error::KafkaError) -> String {
     }
 }
 
+/// A refused `-X key=value` option. Values are never echoed: they may be passwords.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// Not `key=value`.
+    #[error("a Kafka option (-X) is not of the form key=value")]
+    NotKeyValue,
+    /// An option Switchyard sets itself.
+    #[error(
+        "Kafka option `{0}` cannot be overridden: Switchyard sets it to keep at-least-once delivery"
+    )]
+    Protected(String),
+}
+
 /// Where the brokers are and any extra librdkafka properties.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaSettings {
@@ -44,17 +57,12 @@ impl KafkaSettings {
 
     /// Parses `key=value` overrides. Options that would break at-least-once delivery are
     /// refused.
-    pub fn with_options(mut self, options: &[String]) -> Result<Self, String> {
+    pub fn with_options(mut self, options: &[String]) -> Result<Self, OptionError> {
         for o in options {
-            let (k, v) = o
-                .split_once('=')
-                // Never echo the option: its value may be a password.
-                .ok_or_else(|| "a Kafka option (-X) is not of the form key=value".to_string())?;
+            // Never echo the option: its value may be a password.
+            let (k, v) = o.split_once('=').ok_or(OptionError::NotKeyValue)?;
             if PROTECTED.contains(&k.trim()) {
-                return Err(format!(
-                    "Kafka option `{}` cannot be overridden: Switchyard sets it to keep at-least-once delivery",
-                    k.trim()
-                ));
+                return Err(OptionError::Protected(k.trim().to_string()));
             }
             self.options
                 .push((k.trim().to_string(), v.trim().to_string()));

@@ -111,7 +111,7 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
     match crate::output::replay::read_picture(&ops.kafka, p, Duration::from_millis(700)).await {
         Err(e) => h.push_str(&format!(
             "<p>cannot read the dead-letter topic: {}</p>",
-            esc(&e)
+            esc(&e.to_string())
         )),
         Ok(picture) => {
             let rows = crate::output::replay::list(&picture, &filter);
@@ -168,7 +168,7 @@ pub(super) async fn replay(
     .await
     {
         Ok(p) => p,
-        Err(e) => return (StatusCode::BAD_GATEWAY, esc(&e)).into_response(),
+        Err(e) => return (StatusCode::BAD_GATEWAY, esc(&e.to_string())).into_response(),
     };
     let only = crate::output::replay::Picture {
         dead: picture
@@ -186,7 +186,7 @@ pub(super) async fn replay(
     );
     let sent = match crate::output::replay::send(&ops.kafka, messages).await {
         Ok(n) => n,
-        Err(e) => return (StatusCode::BAD_GATEWAY, esc(&e)).into_response(),
+        Err(e) => return (StatusCode::BAD_GATEWAY, esc(&e.to_string())).into_response(),
     };
     let what = decisions
         .first()

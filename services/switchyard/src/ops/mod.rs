@@ -53,6 +53,36 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Why `/readyz` says not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// No stage has partitions yet.
+    #[error("no stage has joined its consumer group yet")]
+    NoStageJoined,
+    /// These stages have none.
+    #[error("stages without partitions: {0:?}")]
+    StagesWithoutPartitions(Vec<String>),
+    /// The brokers did not answer a metadata request.
+    #[error("the brokers at {0} do not answer")]
+    BrokersSilent(String),
+}
+
+/// Why the ops endpoints could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The Prometheus recorder could not be built or installed (one per process).
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The address cannot be listened on.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 impl Ops {
     /// Ops state for `pipeline`; with `metrics`, the Prometheus recorder is installed.
     pub fn new(
@@ -60,14 +90,15 @@ impl Ops {
         kafka: KafkaSettings,
         readiness: Arc<Readiness>,
         metrics: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpsError> {
         let prometheus = if metrics {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
-                .map_err(|e| format!("metrics: {e}"))?
+                .map_err(|e| OpsError::Metrics(e.to_string()))?
                 .build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).map_err(|e| format!("metrics recorder: {e}"))?;
+            metrics::set_global_recorder(recorder)
+                .map_err(|e| OpsError::Metrics(format!("recorder: {e}")))?;
             Some(handle)
         } else {
             None
@@ -124,24 +155,21 @@ impl Ops {
     }
 
     /// Ready: every stage this process runs owns partitions, and the broker answers.
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), NotReady> {
         let assigned = self.readiness.assigned();
-        let waiting: Vec<&String> = assigned
+        let waiting: Vec<String> = assigned
             .iter()
             .filter(|(_, n)| **n == 0)
-            .map(|(s, _)| s)
+            .map(|(s, _)| s.clone())
             .collect();
         if assigned.is_empty() {
-            return Err("no stage has joined its consumer group yet".into());
+            return Err(NotReady::NoStageJoined);
         }
         if !waiting.is_empty() {
-            return Err(format!("stages without partitions: {waiting:?}"));
+            return Err(NotReady::StagesWithoutPartitions(waiting));
         }
         if !self.broker_answers().await {
-            return Err(format!(
-                "the brokers at {} do not answer",
-                self.kafka.brokers
-            ));
+            return Err(NotReady::BrokersSilent(self.kafka.brokers.clone()));
         }
         Ok(())
     }
@@ -152,7 +180,7 @@ pub async fn serve_metrics(
     ops: Arc<Ops>,
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, OpsError> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -166,7 +194,7 @@ pub async fn serve_admin(
     ops: Arc<Ops>,
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, OpsError> {
     let app = Router::new()
         .route("/", get(admin::page))
         .route("/dlq/replay", post(admin::replay))
@@ -178,13 +206,13 @@ async fn serve(
     app: Router,
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, OpsError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|source| OpsError::Listen { addr, source })?;
     let bound = listener
         .local_addr()
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|source| OpsError::Listen { addr, source })?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

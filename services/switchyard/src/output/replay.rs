@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::config::Pipeline;
 use crate::envelope::{DeadLetter, Escalation, Intake, JobResult, Original};
 use crate::kafka::KafkaSettings;
-use crate::kafka::client::{read_until, reader, send_all};
+use crate::kafka::client::{ClientError, read_until, reader, send_all};
 
 /// Which dead letters.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +51,7 @@ pub async fn read_picture(
     kafka: &KafkaSettings,
     pipeline: &Pipeline,
     idle: Duration,
-) -> Result<Picture, String> {
+) -> Result<Picture, ClientError> {
     let consumer = reader(kafka, &[&pipeline.topics.results, &pipeline.topics.dlq])?;
     let mut picture = Picture::default();
     let dlq = pipeline.topics.dlq.clone();
@@ -248,7 +248,7 @@ pub fn plan_replay(
 pub async fn send(
     kafka: &KafkaSettings,
     messages: Vec<(String, String, Vec<u8>)>,
-) -> Result<usize, String> {
+) -> Result<usize, ClientError> {
     let mut by_topic: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
     for (topic, key, value) in messages {
         by_topic.entry(topic).or_default().push((key, value));

@@ -143,7 +143,7 @@ impl StageRunner {
             crate::envelope::compile_schema(&stage.output_schema).map_err(|message| {
                 StageError::Schema {
                     stage: stage.name.clone(),
-                    message,
+                    message: message.to_string(),
                 }
             })?;
         let schema_text = stage.output_schema.to_string();
@@ -207,6 +207,9 @@ impl StageRunner {
         // A local stage: the classifier reads the rendered prompt; no call, no cost.
         if let Some(local) = &self.stage.local {
             let p = local.classifier.predict(&rendered.user);
+            if let Some(why) = p.abstain {
+                return run.finish(self.abstained(&local.label_field, &p, why));
+            }
             let mut output = serde_json::Map::new();
             output.insert(local.label_field.clone(), Value::String(p.label));
             output.insert("confidence".into(), serde_json::json!(p.confidence));
@@ -348,6 +351,43 @@ impl StageRunner {
                 output,
                 confidence,
             }),
+        }
+    }
+
+    /// The local tier does not answer: escalate, or at the last stage apply its policy.
+    fn abstained(
+        &self,
+        label_field: &str,
+        p: &crate::classify::Prediction,
+        why: crate::classify::Abstain,
+    ) -> Outcome {
+        let mut output = serde_json::Map::new();
+        if !p.label.is_empty() {
+            output.insert(label_field.to_string(), Value::String(p.label.clone()));
+        }
+        output.insert("confidence".into(), serde_json::json!(p.confidence));
+        let output = Value::Object(output);
+        let detail = format!("local tier abstains: {why}");
+        match &self.next {
+            Some(next) => Outcome::Escalate(EscalationStep {
+                from_stage: self.stage.name.clone(),
+                to_stage: next.clone(),
+                reason: EscalationReason::LowConfidence,
+                detail,
+                output,
+                confidence: Some(p.confidence),
+            }),
+            None => match self.stage.gate.at_last_stage {
+                crate::config::LastStagePolicy::Review => Outcome::Accept {
+                    output,
+                    confidence: Some(p.confidence),
+                    review: Some(detail),
+                },
+                crate::config::LastStagePolicy::DeadLetter => Outcome::DeadLetter {
+                    reason: DeadLetterReason::GateRejected,
+                    detail,
+                },
+            },
         }
     }
 
