@@ -94,7 +94,7 @@ async fn a_revoked_key_is_taken_out_of_rotation() {
     let tally = h.collect(&ids(&later), 0, WAIT).await;
     h.stop_pipeline().await;
     for j in &later {
-        let rs = &tally.results[&j.job_id];
+        let rs = &tally.results[j.job_id.as_str()];
         assert_eq!(
             rs[0].attempts.len(),
             1,
@@ -221,7 +221,10 @@ async fn demand_above_a_key_limit_waits_instead_of_drawing_429s() {
         "a rate limit must never dead-letter a job: {:?}",
         tally.dead
     );
-    assert!(jobs.iter().all(|j| tally.results.contains_key(&j.job_id)));
+    assert!(
+        jobs.iter()
+            .all(|j| tally.results.contains_key(j.job_id.as_str()))
+    );
     let stats = h.sim().sim.stats();
     assert_eq!(
         stats.sent_429, 0,

@@ -85,7 +85,7 @@ async fn no_key_value_appears_in_logs_topics_ledger_or_stats() {
         job("s-4", "[sim:server_error:always] fail everywhere"),
     ];
     for (i, t) in ["acme", "acme", "demo", "acme"].iter().enumerate() {
-        jobs[i].tenant = t.to_string();
+        jobs[i].tenant = (*t).into();
     }
     let mut stranger = job("s-5", "who am i");
     stranger.tenant = "stranger".into();

@@ -153,7 +153,7 @@ async fn a_budget_stops_jobs_before_any_call() {
     h.stop_pipeline().await;
     let refused: Vec<_> = later
         .iter()
-        .filter_map(|j| tally.dead.get(&j.job_id))
+        .filter_map(|j| tally.dead.get(j.job_id.as_str()))
         .map(|d| &d[0])
         .collect();
     assert!(

@@ -114,7 +114,7 @@ async fn report_of_a_real_run_renders_in_headless_chromium() {
             _ => "",
         };
         jobs.push(Intake {
-            job_id: format!("report-{i:03}"),
+            job_id: format!("report-{i:03}").into(),
             tenant: "acme".into(),
             pipeline: pipeline.name.clone(),
             payload: json!({"text": format!("{prefix}{}", text(i))}),
@@ -124,7 +124,7 @@ async fn report_of_a_real_run_renders_in_headless_chromium() {
         });
     }
     h.send_jobs(&jobs).await.unwrap();
-    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.to_string()).collect();
     let tally = h
         .read_back(&expected, 0, Duration::from_secs(60), |_, _| {})
         .await

@@ -133,7 +133,7 @@ pub async fn collect(
 /// An intake job for the support-triage pipeline.
 pub fn job(id: &str, text: &str) -> Intake {
     Intake {
-        job_id: id.to_string(),
+        job_id: id.into(),
         tenant: "acme".into(),
         pipeline: "support-triage".into(),
         payload: serde_json::json!({"text": text, "channel": "email"}),
@@ -145,7 +145,7 @@ pub fn job(id: &str, text: &str) -> Intake {
 
 /// The ids of some jobs.
 pub fn ids(jobs: &[Intake]) -> HashSet<String> {
-    jobs.iter().map(|j| j.job_id.clone()).collect()
+    jobs.iter().map(|j| j.job_id.to_string()).collect()
 }
 
 /// The `switchyard` binary cargo built beside this test binary.

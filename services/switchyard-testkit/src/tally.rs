@@ -29,7 +29,7 @@ impl Tally {
     pub fn add(&mut self, is_dead_letter: bool, payload: &[u8]) -> Option<String> {
         let id = if is_dead_letter {
             match serde_json::from_slice::<DeadLetter>(payload) {
-                Ok(d) => match d.job_id.clone() {
+                Ok(d) => match d.job_id.as_ref().map(ToString::to_string) {
                     Some(id) => {
                         self.dead.entry(id.clone()).or_default().push(d);
                         id
@@ -47,7 +47,7 @@ impl Tally {
         } else {
             match serde_json::from_slice::<JobResult>(payload) {
                 Ok(r) => {
-                    let id = r.job_id.clone();
+                    let id = r.job_id.to_string();
                     self.results.entry(id.clone()).or_default().push(r);
                     id
                 }
@@ -101,7 +101,7 @@ impl Tally {
         for id in expected {
             if let Some(r) = self.results.get(id).and_then(|v| v.first()) {
                 s.results += 1;
-                *s.accepted_by_stage.entry(r.stage.clone()).or_default() += 1;
+                *s.accepted_by_stage.entry(r.stage.to_string()).or_default() += 1;
                 if !r.escalations.is_empty() {
                     s.escalated += 1;
                     for e in &r.escalations {

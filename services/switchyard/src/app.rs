@@ -155,7 +155,7 @@ pub async fn run(
     }
     let tenants = pipeline.tenants.clone().map(Arc::new);
     for (i, stage) in pipeline.stages.iter().enumerate() {
-        if !options.stages.is_empty() && !options.stages.contains(&stage.name) {
+        if !options.stages.is_empty() && !options.stages.iter().any(|s| *s == stage.name) {
             continue;
         }
         let next = pipeline.stages.get(i + 1).map(|s| s.name.clone());

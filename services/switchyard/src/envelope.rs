@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::ids::{JobId, StageName, TenantId};
 use crate::money::MicroUsd;
 
 const INTAKE: &str = include_str!("../../../schemas/intake.schema.json");
@@ -21,9 +22,9 @@ const ATTEMPT: &str = include_str!("../../../schemas/attempt.schema.json");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intake {
     /// Unique job id.
-    pub job_id: String,
+    pub job_id: JobId,
     /// Tenant the job belongs to.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Pipeline name.
     pub pipeline: String,
     /// The work.
@@ -96,7 +97,7 @@ pub struct Attempt {
     /// `job_id/stage/n`.
     pub attempt_id: String,
     /// Stage name.
-    pub stage: String,
+    pub stage: StageName,
     /// Provider name.
     pub provider: String,
     /// Catalog model name.
@@ -161,9 +162,9 @@ impl EscalationReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EscalationStep {
     /// The stage that escalated.
-    pub from_stage: String,
+    pub from_stage: StageName,
     /// The stage it went to.
-    pub to_stage: String,
+    pub to_stage: StageName,
     /// Why.
     pub reason: EscalationReason,
     /// Details (which rule, which confidence, which schema errors).
@@ -182,7 +183,7 @@ pub struct Escalation {
     /// The original job.
     pub job: Intake,
     /// The stage that should take it.
-    pub to_stage: String,
+    pub to_stage: StageName,
     /// Every hand-off so far.
     pub escalations: Vec<EscalationStep>,
     /// Every attempt so far.
@@ -193,13 +194,13 @@ pub struct Escalation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     /// Job id.
-    pub job_id: String,
+    pub job_id: JobId,
     /// Tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Pipeline.
     pub pipeline: String,
     /// The stage that produced `output`.
-    pub stage: String,
+    pub stage: StageName,
     /// The validated output.
     pub output: Value,
     /// Its confidence, when the output reports one.
@@ -358,13 +359,13 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Job id, when the message could be read as a job.
-    pub job_id: Option<String>,
+    pub job_id: Option<JobId>,
     /// Tenant, when known.
-    pub tenant: Option<String>,
+    pub tenant: Option<TenantId>,
     /// Pipeline.
     pub pipeline: String,
     /// Stage where it failed.
-    pub stage: String,
+    pub stage: StageName,
     /// Why.
     pub reason: DeadLetterReason,
     /// What went wrong and what to do.
@@ -500,12 +501,12 @@ pub fn now() -> OffsetDateTime {
 }
 
 /// The job id of a message that could not be decoded, when one can be read from it.
-pub fn job_id_hint(payload: &[u8]) -> Option<String> {
+pub fn job_id_hint(payload: &[u8]) -> Option<JobId> {
     let v: Value = serde_json::from_slice(payload).ok()?;
     v.get("job_id")
         .or_else(|| v.pointer("/job/job_id"))
         .and_then(Value::as_str)
-        .map(str::to_string)
+        .map(JobId::from)
 }
 
 #[cfg(test)]

@@ -353,7 +353,7 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
             let job_id = format!("batch-{}-{d:05}-{p:03}", &run_id[..8]);
             ids.push(job_id.clone());
             jobs.push(Intake {
-                job_id,
+                job_id: job_id.into(),
                 tenant: "batch".into(),
                 pipeline: pipeline.name.clone(),
                 payload,

@@ -362,7 +362,7 @@ fn jobs_for(
     }
     Ok((0..n)
         .map(|i| Intake {
-            job_id: format!("{run}-{i:07}"),
+            job_id: format!("{run}-{i:07}").into(),
             tenant: "bench".into(),
             pipeline: pipeline_name.to_string(),
             payload: samples[i % samples.len()].clone(),

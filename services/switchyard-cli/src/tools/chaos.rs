@@ -204,7 +204,7 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let jobs: Vec<Intake> = (0..options.jobs)
         .map(|i| Intake {
-            job_id: format!("chaos-{}-{i:06}", &run_id[..8]),
+            job_id: format!("chaos-{}-{i:06}", &run_id[..8]).into(),
             tenant: "chaos".into(),
             pipeline: pipeline.name.clone(),
             payload: serde_json::json!({"text": format!("ticket {i}: my card payment was declined twice"), "channel": "chat"}),
@@ -213,7 +213,7 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
             redrive_count: 0,
         })
         .collect();
-    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.to_string()).collect();
     let malformed: Vec<(String, Vec<u8>)> = (0..(options.jobs / 50).max(3))
         .map(|i| {
             let body = match i % 3 {

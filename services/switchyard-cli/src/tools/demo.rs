@@ -176,7 +176,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let jobs: Vec<Intake> = (0..options.jobs)
         .map(|i| Intake {
-            job_id: format!("demo-{}-{i:06}", &run_id[..8]),
+            job_id: format!("demo-{}-{i:06}", &run_id[..8]).into(),
             tenant: "demo".into(),
             pipeline: pipeline.name.clone(),
             payload: payloads[i % payloads.len()].clone(),
@@ -185,7 +185,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<Summary> {
             redrive_count: 0,
         })
         .collect();
-    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.to_string()).collect();
 
     let bar = if options.progress {
         ProgressBar::with_draw_target(Some(options.jobs as u64), ProgressDrawTarget::stderr())

@@ -305,7 +305,7 @@ pub(crate) async fn run_variant(
         tracing::warn!("stages not all assigned after 30 s; producing anyway");
     }
     harness.send_jobs(jobs).await?;
-    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    let expected: HashSet<String> = jobs.iter().map(|j| j.job_id.to_string()).collect();
     let tally = harness
         .read_back(&expected, 0, Duration::from_secs(120), |_, _| {
             progress.inc(1)
@@ -373,7 +373,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
                 );
             }
             Intake {
-                job_id: format!("eval-{}-{i:06}", &run_id[..8]),
+                job_id: format!("eval-{}-{i:06}", &run_id[..8]).into(),
                 tenant: "eval".into(),
                 pipeline: pipeline.name.clone(),
                 payload: payload.clone(),
@@ -386,7 +386,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
     let gold: Vec<(String, String)> = jobs
         .iter()
         .zip(&labelled)
-        .map(|(j, (_, l))| (j.job_id.clone(), l.clone()))
+        .map(|(j, (_, l))| (j.job_id.to_string(), l.clone()))
         .collect();
 
     let bar = if options.progress {

@@ -926,8 +926,8 @@ pub async fn narrate(pipeline: &Pipeline, a: &Aggregates) -> Narrative {
             .unwrap_or_default()
     };
     let job = Intake {
-        job_id: format!("report-{}", uuid::Uuid::new_v4().simple()),
-        tenant: String::new(),
+        job_id: format!("report-{}", uuid::Uuid::new_v4().simple()).into(),
+        tenant: Default::default(),
         pipeline: pipeline.name.clone(),
         payload: serde_json::json!({ "system": text_of(Role::System), "user": text_of(Role::User) }),
         created_at: now(),
@@ -1648,7 +1648,7 @@ mod tests {
 
     fn dead(id: Option<&str>, reason: DeadLetterReason, minutes_ago: i64) -> DeadLetter {
         DeadLetter {
-            job_id: id.map(str::to_string),
+            job_id: id.map(Into::into),
             tenant: None,
             pipeline: "p".into(),
             stage: "triage".into(),

@@ -135,7 +135,7 @@ pub struct Topics {
 #[derive(Debug, Clone)]
 pub struct Stage {
     /// Name.
-    pub name: String,
+    pub name: crate::ids::StageName,
     /// Position in the pipeline (0 = first).
     pub index: usize,
     /// The topic it consumes.

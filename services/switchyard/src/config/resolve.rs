@@ -363,7 +363,7 @@ impl Pipeline {
             });
             if let (Some(prompt), Some(schema)) = (prompt, schema) {
                 stages.push(Stage {
-                    name: s.name.clone(),
+                    name: s.name.as_str().into(),
                     index,
                     input_topic,
                     system_prompt,
@@ -537,8 +537,8 @@ fn check_prompts_render(
         let history: Vec<EscalationStep> = stages[..stage.index]
             .iter()
             .map(|earlier| EscalationStep {
-                from_stage: earlier.name.clone(),
-                to_stage: stage.name.clone(),
+                from_stage: earlier.name.as_str().into(),
+                to_stage: stage.name.as_str().into(),
                 reason: EscalationReason::LowConfidence,
                 detail: "sample".into(),
                 output: Value::Object(Default::default()),

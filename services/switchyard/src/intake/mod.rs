@@ -322,13 +322,13 @@ pub async fn run_stage(
         tracker: tracker.clone(),
         topic: topic.clone(),
         pipeline: shared.pipeline.name.clone(),
-        stage: stage.clone(),
+        stage: stage.to_string(),
         rebalance_timeout: conc.rebalance_timeout,
         readiness,
         telemetry: shared.telemetry.clone(),
     };
     let consumer_error = |source| WorkerError::Consumer {
-        stage: stage.clone(),
+        stage: stage.to_string(),
         topic: topic.clone(),
         source,
     };

@@ -50,8 +50,8 @@ pub fn jobs_from_jsonl(
                 .map_err(|e| fail(format!("not a valid intake job: {e}")))?
         } else if value.is_object() {
             Intake {
-                job_id: uuid::Uuid::new_v4().to_string(),
-                tenant: tenant.to_string(),
+                job_id: uuid::Uuid::new_v4().to_string().into(),
+                tenant: tenant.into(),
                 pipeline: pipeline.to_string(),
                 payload: value,
                 created_at: now(),
@@ -200,7 +200,12 @@ pub async fn produce_jobs(
 ) -> Result<usize, ClientError> {
     let messages: Vec<(String, Vec<u8>)> = jobs
         .iter()
-        .map(|j| (j.job_id.clone(), serde_json::to_vec(j).unwrap_or_default()))
+        .map(|j| {
+            (
+                j.job_id.to_string(),
+                serde_json::to_vec(j).unwrap_or_default(),
+            )
+        })
         .collect();
     send_all(kafka, topic, &messages).await
 }

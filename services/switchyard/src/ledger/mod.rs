@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::envelope::{Attempt, DeadLetter, DeadLetterReason, EscalationReason, JobResult};
+use crate::ids::{JobId, StageName, TenantId};
 
 pub use sink::run_sink;
 pub use store::{LedgerStore, MemoryLedger, PgLedger, StoreError};
@@ -36,9 +37,9 @@ pub enum LedgerRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerAttempt {
     /// Job id.
-    pub job_id: String,
+    pub job_id: JobId,
     /// Tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Pipeline.
     pub pipeline: String,
     /// When it was recorded.
@@ -53,15 +54,15 @@ pub struct LedgerAttempt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerJob {
     /// Job id (or `topic/partition/offset` for input that was not a job).
-    pub job_id: String,
+    pub job_id: JobId,
     /// Tenant (empty when unknown).
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Pipeline.
     pub pipeline: String,
     /// How it ended.
     pub outcome: JobOutcome,
     /// The stage where it ended.
-    pub stage: String,
+    pub stage: StageName,
     /// Dead-letter reason, if any.
     pub reason: Option<DeadLetterReason>,
     /// Whether it went past its first stage.

@@ -46,7 +46,7 @@ impl LedgerStore for MemoryLedger {
                             .or_insert_with(|| a.clone());
                     }
                     LedgerRecord::Job(j) => {
-                        jobs.entry((j.pipeline.clone(), j.job_id.clone()))
+                        jobs.entry((j.pipeline.clone(), j.job_id.to_string()))
                             .or_insert_with(|| j.clone());
                     }
                 }
@@ -198,10 +198,10 @@ impl LedgerStore for PgLedger {
                             &attempt_stmt,
                             &[
                                 &a.attempt_id,
-                                &l.job_id,
-                                &l.tenant,
+                                &l.job_id.as_str(),
+                                &l.tenant.as_str(),
                                 &l.pipeline,
-                                &a.stage,
+                                &a.stage.as_str(),
                                 &a.provider,
                                 &a.model,
                                 &a.key,
@@ -232,10 +232,10 @@ impl LedgerStore for PgLedger {
                             &job_stmt,
                             &[
                                 &j.pipeline,
-                                &j.job_id,
-                                &j.tenant,
+                                &j.job_id.as_str(),
+                                &j.tenant.as_str(),
                                 &j.outcome.as_str(),
-                                &j.stage,
+                                &j.stage.as_str(),
                                 &reason,
                                 &j.escalated,
                                 &escalation_reasons,

@@ -48,7 +48,7 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
             "<tr data-stage=\"{0}\"><td>{0}</td><td>{1}</td><td class=\"num\">{2}</td><td class=\"num jobs-result\">{3}</td><td class=\"num\">{4}</td><td class=\"num\">{5}</td><td class=\"num\">{6:.1}</td></tr>",
             esc(&s.name),
             esc(&s.input_topic),
-            assigned.get(&s.name).copied().unwrap_or(0),
+            assigned.get(s.name.as_str()).copied().unwrap_or(0),
             r,
             e,
             d,

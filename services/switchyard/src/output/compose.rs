@@ -12,6 +12,7 @@ use crate::envelope::{
     Attempt, DeadLetter, DeadLetterReason, Escalation, EscalationStep, Intake, JobEnd, JobResult,
     Original, Schemas, Source, now, validation_errors,
 };
+use crate::ids::{StageName, TenantId};
 use crate::ledger::{LedgerAttempt, LedgerJob, LedgerRecord};
 use crate::output::Envelope;
 use crate::stage::Outcome;
@@ -72,7 +73,7 @@ pub struct Failure {
     /// Details for a person.
     pub detail: String,
     /// The stage where the job failed.
-    pub stage: String,
+    pub stage: StageName,
     /// The escalation trail.
     pub escalations: Vec<EscalationStep>,
     /// Every attempt so far.
@@ -121,7 +122,7 @@ impl Composer<'_> {
         Failure {
             reason,
             detail,
-            stage: self.stage.to_string(),
+            stage: self.stage.into(),
             escalations: Vec::new(),
             attempts: Vec::new(),
         }
@@ -164,7 +165,7 @@ impl Composer<'_> {
                     job_id: job.job_id.clone(),
                     tenant: job.tenant.clone(),
                     pipeline: self.pipeline.name.clone(),
-                    stage: stage.to_string(),
+                    stage: stage.into(),
                     output,
                     confidence,
                     needs_review: review.is_some(),
@@ -201,7 +202,7 @@ impl Composer<'_> {
                         Failure {
                             reason: DeadLetterReason::OutputRejected,
                             detail: format!("escalation target stage `{to}` does not exist"),
-                            stage: stage.to_string(),
+                            stage: stage.into(),
                             escalations: history,
                             attempts,
                         },
@@ -216,7 +217,7 @@ impl Composer<'_> {
                     Failure {
                         reason,
                         detail,
-                        stage: stage.to_string(),
+                        stage: stage.into(),
                         escalations: history,
                         attempts,
                     },
@@ -256,12 +257,12 @@ impl Composer<'_> {
             .source
             .key
             .clone()
-            .or_else(|| job.map(|j| j.job_id.clone()));
+            .or_else(|| job.map(|j| j.job_id.to_string()));
         let (envelope, end, record) = match ended {
             Ended::Result(result) => {
                 let env = envelope(
                     &self.pipeline.topics.results,
-                    key.unwrap_or_else(|| result.job_id.clone()),
+                    key.unwrap_or_else(|| result.job_id.to_string()),
                     &*result,
                     &result.job_id,
                     &result.stage,
@@ -279,7 +280,7 @@ impl Composer<'_> {
                     .map(|s| s.reason.as_str().to_string());
                 let env = envelope(
                     &topic,
-                    key.unwrap_or_else(|| escalation.job.job_id.clone()),
+                    key.unwrap_or_else(|| escalation.job.job_id.to_string()),
                     &*escalation,
                     &escalation.job.job_id,
                     self.stage_of(&escalation),
@@ -326,8 +327,9 @@ impl Composer<'_> {
                         "{}/{}/{}",
                         input.source.topic, input.source.partition, input.source.offset
                     )
+                    .into()
                 }),
-                String::new(),
+                TenantId::default(),
             ),
         };
         let mut records: Vec<LedgerRecord> = attempts
@@ -353,9 +355,9 @@ impl Composer<'_> {
             .iter()
             .map(|r| Envelope {
                 topic: self.pipeline.topics.ledger.clone(),
-                key: job_id.clone(),
+                key: job_id.to_string(),
                 payload: serde_json::to_vec(r).unwrap_or_default(),
-                headers: vec![("switchyard.job_id", job_id.clone())],
+                headers: vec![("switchyard.job_id", job_id.to_string())],
             })
             .collect()
     }
@@ -367,7 +369,7 @@ impl Composer<'_> {
             .source
             .key
             .clone()
-            .or_else(|| dl.job_id.clone())
+            .or_else(|| dl.job_id.as_ref().map(ToString::to_string))
             .unwrap_or_else(|| format!("{}-{}", input.source.partition, input.source.offset));
         let mut env = envelope(
             &self.pipeline.topics.dlq,

@@ -62,7 +62,7 @@ pub async fn read_picture(
                 Err(e) => tracing::warn!(error = %e, "a message on the dead-letter topic is not a dead letter"),
             }
         } else if let Ok(r) = serde_json::from_slice::<JobResult>(payload) {
-            picture.finished.insert(r.job_id);
+            picture.finished.insert(r.job_id.to_string());
         }
         false
     })
@@ -104,16 +104,16 @@ pub fn list(picture: &Picture, filter: &Filter) -> Vec<Listed> {
                 .failed_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
-            job_id: d.job_id.clone().unwrap_or_default(),
-            tenant: d.tenant.clone().unwrap_or_default(),
-            stage: d.stage.clone(),
+            job_id: d.job_id.clone().unwrap_or_default().to_string(),
+            tenant: d.tenant.clone().unwrap_or_default().to_string(),
+            stage: d.stage.to_string(),
             reason: d.reason.as_str().to_string(),
             replayable: d.replayable,
             redrive_count: d.redrive_count,
             resolved: d
                 .job_id
                 .as_ref()
-                .is_some_and(|id| picture.finished.contains(id)),
+                .is_some_and(|id| picture.finished.contains(id.as_str())),
             detail: d.detail.clone(),
         })
         .collect();
@@ -176,13 +176,13 @@ pub fn plan_replay(
         let job_id = d.job_id.clone().unwrap_or_default();
         let mut decide = |topic: Option<String>, action: String| {
             decisions.push(Decision {
-                job_id: job_id.clone(),
-                stage: d.stage.clone(),
+                job_id: job_id.to_string(),
+                stage: d.stage.to_string(),
                 topic,
                 action,
             })
         };
-        if picture.finished.contains(&job_id) {
+        if picture.finished.contains(job_id.as_str()) {
             decide(None, "skip: the job has a result since".into());
             continue;
         }
@@ -225,14 +225,14 @@ pub fn plan_replay(
             // A later stage takes an escalation: rebuild it from what the dead letter carries.
             serde_json::to_vec(&Escalation {
                 job: job.clone(),
-                to_stage: stage.name.clone(),
+                to_stage: stage.name.as_str().into(),
                 escalations: d.escalations.clone(),
                 attempts: d.attempts.clone(),
             })
         };
         match body {
             Ok(bytes) => {
-                messages.push((stage.input_topic.clone(), job.job_id.clone(), bytes));
+                messages.push((stage.input_topic.clone(), job.job_id.to_string(), bytes));
                 decide(
                     Some(stage.input_topic.clone()),
                     format!("replay (redrive {})", job.redrive_count),

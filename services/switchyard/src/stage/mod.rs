@@ -21,6 +21,7 @@ use crate::envelope::{
     validation_errors,
 };
 use crate::gate::{self, Verdict};
+use crate::ids::StageName;
 use crate::limit::budget::Spend;
 use crate::limit::{KeyChoice, Limits};
 use crate::money::MicroUsd;
@@ -88,7 +89,7 @@ pub struct StageRunner {
     /// The pipeline's name (a metrics label).
     pub pipeline: String,
     /// The next stage's name, if any.
-    pub next: Option<String>,
+    pub next: Option<StageName>,
     prompts: Prompts,
     validator: Validator,
     schema_text: String,
@@ -128,21 +129,21 @@ impl StageRunner {
     /// Compiles a stage's templates and schema.
     pub fn new(
         stage: Stage,
-        next: Option<String>,
+        next: Option<StageName>,
         deps: StageDeps,
         tenants: Option<Arc<std::collections::BTreeMap<String, Tenant>>>,
     ) -> Result<Self, StageError> {
         let prompts =
             Prompts::new(stage.system_prompt.as_deref(), &stage.prompt).map_err(|source| {
                 StageError::Template {
-                    stage: stage.name.clone(),
+                    stage: stage.name.to_string(),
                     source,
                 }
             })?;
         let validator =
             crate::envelope::compile_schema(&stage.output_schema).map_err(|message| {
                 StageError::Schema {
-                    stage: stage.name.clone(),
+                    stage: stage.name.to_string(),
                     message: message.to_string(),
                 }
             })?;
@@ -150,7 +151,7 @@ impl StageRunner {
         let schema_raw =
             serde_json::value::RawValue::from_string(schema_text.clone()).map_err(|e| {
                 StageError::Schema {
-                    stage: stage.name.clone(),
+                    stage: stage.name.to_string(),
                     message: e.to_string(),
                 }
             })?;
@@ -174,7 +175,7 @@ impl StageRunner {
         let mut run = Attempts::new(job, &self.stage.name);
         let tenant = match &self.tenants {
             None => None,
-            Some(map) => match map.get(&job.tenant) {
+            Some(map) => match map.get(job.tenant.as_str()) {
                 Some(t) => Some(t),
                 None => {
                     return run.finish(Outcome::DeadLetter {
@@ -442,7 +443,7 @@ struct Call<'a> {
 /// The attempts of one job in one stage, numbered `job/stage/n`.
 struct Attempts {
     prefix: String,
-    stage: String,
+    stage: StageName,
     list: Vec<Attempt>,
     tenant: Option<String>,
 }
@@ -451,7 +452,7 @@ impl Attempts {
     fn new(job: &Intake, stage: &str) -> Self {
         Self {
             prefix: format!("{}/{}", job.job_id, stage),
-            stage: stage.to_string(),
+            stage: stage.into(),
             list: Vec::new(),
             tenant: None,
         }
