@@ -110,7 +110,7 @@ pub async fn run(
             crate::kafka::error_text(&e)
         ))
     })?;
-    let output = Arc::new(Output::new(producer));
+    let output: Arc<dyn crate::output::Publisher> = Arc::new(Output::new(producer));
     if let Some(ops) = &options.ops {
         ops.set_health(deps.health.clone());
     }

@@ -33,7 +33,7 @@ use crate::config::Pipeline;
 use crate::envelope::{Schemas, Source};
 use crate::kafka::KafkaSettings;
 use crate::output::compose::{Composed, Composer, Decision, Input};
-use crate::output::{Output, PublishError};
+use crate::output::{PublishError, Publisher};
 use crate::stage::{Outcome, StageRunner};
 use crate::telemetry::Telemetry;
 use decode::{Decoder, Job};
@@ -50,7 +50,7 @@ pub struct StageShared {
     /// Envelope schemas.
     pub schemas: Arc<Schemas>,
     /// The producer.
-    pub output: Arc<Output>,
+    pub output: Arc<dyn Publisher>,
     /// With `ordering: key`, the first stage runs the later stages inline: their runners.
     pub inline: Vec<StageRunner>,
     /// Where telemetry events go.
@@ -658,4 +658,144 @@ pub async fn process(shared: &StageShared, received: &Received) -> Composed {
             this_stage,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The data path without a broker: a message decoded, run through the stage (a scripted
+    //! fake provider) and composed into the envelopes a worker would publish.
+
+    use super::*;
+    use crate::envelope::{AttemptClass, DeadLetter, DeadLetterReason, JobEnd, JobResult};
+    use crate::ledger::{JobOutcome, LedgerRecord};
+    use crate::output::MemoryPublisher;
+    use crate::stage::testing::{failure, fixture};
+
+    /// The shipped triage stage behind the fake provider, and the fake's script and log.
+    struct Rig {
+        script: crate::stage::testing::Script,
+        seen: Arc<Mutex<Vec<crate::stage::testing::Seen>>>,
+        models: Vec<String>,
+    }
+
+    fn shared() -> (StageShared, Rig) {
+        let crate::stage::testing::Fixture {
+            pipeline,
+            runner,
+            script,
+            seen,
+            contexts,
+        } = fixture(false);
+        let rig = Rig {
+            script,
+            seen,
+            models: contexts.into_keys().collect(),
+        };
+        let shared = StageShared {
+            pipeline: Arc::new(pipeline),
+            runner,
+            schemas: Arc::new(Schemas::load().unwrap()),
+            output: Arc::new(MemoryPublisher::default()),
+            inline: Vec::new(),
+            telemetry: Telemetry::default(),
+        };
+        (shared, rig)
+    }
+
+    fn received(payload: &[u8]) -> Received {
+        Received {
+            source: Source {
+                topic: "support-triage.intake".into(),
+                partition: 3,
+                offset: 41,
+                key: Some("k-1".into()),
+            },
+            payload: payload.to_vec(),
+        }
+    }
+
+    const JOB: &str = r#"{"job_id": "job-9", "tenant": "acme", "pipeline": "support-triage",
+        "payload": {"text": "my card has not arrived", "channel": "email"},
+        "created_at": "2026-12-07T00:00:00Z"}"#;
+
+    fn ledger(c: &Composed) -> Vec<LedgerRecord> {
+        c.envelopes
+            .iter()
+            .filter(|e| e.topic.ends_with(".ledger"))
+            .map(|e| serde_json::from_slice(&e.payload).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_good_job_becomes_one_result_and_its_ledger_records() {
+        let (shared, _f) = shared();
+        let c = process(&shared, &received(JOB.as_bytes())).await;
+        assert_eq!(c.end, JobEnd::Result);
+        let results: Vec<_> = c
+            .envelopes
+            .iter()
+            .filter(|e| e.topic == shared.pipeline.topics.results)
+            .collect();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].key, "k-1", "keyed by the intake message's key");
+        let r: JobResult = serde_json::from_slice(&results[0].payload).unwrap();
+        assert_eq!(r.job_id, "job-9");
+        assert_eq!(r.attempts.len(), 1);
+        let records = ledger(&c);
+        assert!(
+            matches!(&records[0], LedgerRecord::Attempt(a) if a.attempt.class == AttemptClass::Ok)
+        );
+        assert!(
+            matches!(&records[1], LedgerRecord::Job(j) if j.outcome == JobOutcome::Result && j.job_id == "job-9")
+        );
+        // Published through the seam, in order.
+        for env in &c.envelopes {
+            shared
+                .output
+                .publish(env, &CancellationToken::new())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_is_not_a_job_is_dead_lettered_with_its_position() {
+        let (shared, f) = shared();
+        let c = process(&shared, &received(b"{not json")).await;
+        assert_eq!(c.end, JobEnd::DeadLetter);
+        let dl: DeadLetter = serde_json::from_slice(&c.envelopes[0].payload).unwrap();
+        assert_eq!(dl.reason, DeadLetterReason::InvalidIntake);
+        assert!(dl.detail.contains("partition 3 offset 41"), "{}", dl.detail);
+        assert!(!dl.replayable);
+        assert!(f.seen.lock().unwrap().is_empty(), "no provider was called");
+        // The ledger still learns how the message ended, under its position.
+        let records = ledger(&c);
+        assert!(
+            matches!(&records[..], [LedgerRecord::Job(j)] if j.job_id == "support-triage.intake/3/41"),
+            "{records:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_every_endpoint_fails_is_dead_lettered_with_every_attempt() {
+        let (shared, f) = shared();
+        for m in &f.models {
+            f.script.lock().unwrap().insert(
+                m.clone(),
+                vec![Err(failure(AttemptClass::Transient, 503)); 4].into(),
+            );
+        }
+        let c = process(&shared, &received(JOB.as_bytes())).await;
+        assert_eq!(c.end, JobEnd::DeadLetter);
+        let dl: DeadLetter = serde_json::from_slice(&c.envelopes[0].payload).unwrap();
+        assert_eq!(dl.reason, DeadLetterReason::ProviderExhausted);
+        assert!(dl.replayable);
+        assert_eq!(dl.attempts.len(), f.seen.lock().unwrap().len());
+        assert!(dl.attempts.len() >= 2, "{:?}", dl.attempts);
+        let attempts = ledger(&c)
+            .iter()
+            .filter(|r| matches!(r, LedgerRecord::Attempt(_)))
+            .count();
+        assert_eq!(attempts, dl.attempts.len(), "one ledger record per attempt");
+    }
 }

@@ -6,6 +6,7 @@ pub mod replay;
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -41,6 +42,63 @@ pub enum PublishError {
         /// Topic.
         topic: String,
     },
+}
+
+/// Where envelopes go: Kafka ([`Output`]) in the product, memory ([`MemoryPublisher`]) in
+/// tests. A publish returns only when the destination has the message.
+pub trait Publisher: Send + Sync + std::fmt::Debug {
+    /// Publishes one envelope, waiting for the acknowledgement (until `shutdown`).
+    fn publish<'a>(
+        &'a self,
+        env: &'a Envelope,
+        shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// Waits for everything queued to be acknowledged (at shutdown).
+    fn flush(&self, timeout: Duration);
+}
+
+/// Envelopes kept in memory, in publish order.
+#[derive(Debug, Default)]
+pub struct MemoryPublisher {
+    sent: std::sync::Mutex<Vec<Envelope>>,
+}
+
+impl MemoryPublisher {
+    /// Everything published so far.
+    pub fn sent(&self) -> Vec<Envelope> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Publisher for MemoryPublisher {
+    fn publish<'a>(
+        &'a self,
+        env: &'a Envelope,
+        _shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(env.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn flush(&self, _timeout: Duration) {}
+}
+
+impl Publisher for Output {
+    fn publish<'a>(
+        &'a self,
+        env: &'a Envelope,
+        shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(Output::publish(self, env, shutdown))
+    }
+
+    fn flush(&self, timeout: Duration) {
+        Output::flush(self, timeout);
+    }
 }
 
 /// The producer shared by every stage of a process.

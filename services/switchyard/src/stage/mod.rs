@@ -7,6 +7,8 @@
 //! rest of the product comes as narrow handles in [`StageDeps`].
 
 pub mod attempt;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::sync::Arc;
 use std::time::Instant;
