@@ -84,21 +84,14 @@ impl Pipeline {
         let (catalog, catalog_text): (CatalogFile, String) = read_yaml(&catalog_path)?;
         let (providers_file, providers_text): (ProvidersFile, String) = read_yaml(&providers_path)?;
 
-        for (name, m) in &catalog.models {
-            for e in &m.endpoints {
-                if !providers_file.providers.contains_key(&e.provider) {
-                    errors.push(err(
-                        &catalog_path,
-                        line_of(&catalog_text, &format!("provider: {}", e.provider)),
-                        format!(
-                            "model `{name}` has an endpoint at provider `{}`, which {} does not define; add it there or remove the endpoint",
-                            e.provider,
-                            providers_path.display()
-                        ),
-                    ));
-                }
-            }
-        }
+        check_catalog_providers(
+            &catalog,
+            &catalog_path,
+            &catalog_text,
+            &providers_file,
+            &providers_path,
+            &mut errors,
+        );
 
         let name = file.name.clone();
         let topics = Topics {
@@ -133,12 +126,7 @@ impl Pipeline {
         let mut used_providers = Vec::new();
         let mut seen = Vec::new();
         for (index, s) in file.stages.iter().enumerate() {
-            let stage_at = |rest: &[Step<'_>]| {
-                let mut path = vec![Step::Key("stages"), Step::Index(index)];
-                path.extend_from_slice(rest);
-                spans.line(&path)
-            };
-            let stage_line = stage_at(&[]);
+            let stage_line = spans.line(&[Step::Key("stages"), Step::Index(index)]);
             if seen.contains(&s.name) {
                 errors.push(err(
                     path,
@@ -147,235 +135,26 @@ impl Pipeline {
                 ));
             }
             seen.push(s.name.clone());
-            let read = |p: &Path, what: &str, errors: &mut Vec<ConfigError>| -> Option<String> {
-                let full = dir.join(p);
-                match std::fs::read_to_string(&full) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        errors.push(err(
-                            path,
-                            at(&p.display().to_string()),
-                            format!(
-                                "stage `{}`: cannot read {what} {}: {e}",
-                                s.name,
-                                full.display()
-                            ),
-                        ));
-                        None
-                    }
-                }
+            let inputs = StageInputs {
+                dir,
+                path,
+                text,
+                spans: &spans,
+                catalog: &catalog,
+                catalog_path: &catalog_path,
+                providers_file: &providers_file,
+                providers_path: &providers_path,
+                topics: &topics,
+                escalate: &escalate,
+                name: &name,
             };
-            let prompt = read(&s.prompt, "prompt", &mut errors);
-            let system_prompt = s
-                .system_prompt
-                .as_ref()
-                .and_then(|p| read(p, "system prompt", &mut errors));
-            for (src, p) in [
-                (&prompt, Some(&s.prompt)),
-                (&system_prompt, s.system_prompt.as_ref()),
-            ] {
-                if let (Some(src), Some(p)) = (src, p)
-                    && let Err(e) = crate::prompt::check(src)
-                {
-                    let full = dir.join(p);
-                    errors.push(err(&full, e.line(), format!("template error: {e}")));
-                }
-            }
-            let schema = read(&s.output_schema, "output schema", &mut errors).and_then(|t| {
-                let full = dir.join(&s.output_schema);
-                match serde_json::from_str::<Value>(&t) {
-                    Ok(v) => match crate::envelope::compile_schema(&v) {
-                        Ok(_) => Some(v),
-                        Err(e) => {
-                            errors.push(err(&full, None, format!("not a valid JSON Schema: {e}")));
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        errors.push(err(&full, Some(e.line()), format!("not valid JSON: {e}")));
-                        None
-                    }
-                }
-            });
-            if let Some(p) = s.local.as_ref().and_then(|l| l.precision)
-                && !(0.0..1.0).contains(&p)
-            {
-                errors.push(err(
-                    path,
-                    stage_at(&[Step::Key("local"), Step::Key("precision")]),
-                    format!(
-                        "stage `{}`: local.precision {p} must be in 0..1 (e.g. 0.98)",
-                        s.name
-                    ),
-                ));
-            }
-            let local = s.local.as_ref().and_then(|l| {
-                let train = dir.join(&l.train);
-                let options = crate::classify::Options {
-                    precision: l.precision.filter(|p| (0.0..1.0).contains(p)),
-                    ..crate::classify::Options::default()
-                };
-                let oos = match &l.oos_examples {
-                    None => Ok(Vec::new()),
-                    Some(f) => crate::classify::read_examples(&dir.join(f))
-                        .map(|rows| rows.into_iter().map(|(t, _)| t).collect()),
-                };
-                match oos.and_then(|oos| {
-                    crate::classify::read_examples(&train).and_then(|rows| {
-                        crate::classify::Classifier::train_with_oos(&rows, &oos, options)
-                    })
-                }) {
-                    Ok(c) => Some(LocalStage {
-                        classifier: {
-                            let r = &c.report;
-                            if r.target_precision.is_some() && r.threshold.is_none() {
-                                tracing::warn!(stage = %s.name, "local tier: {}", r.summary());
-                            } else {
-                                tracing::info!(stage = %s.name, "local tier: {}", r.summary());
-                            }
-                            std::sync::Arc::new(c)
-                        },
-                        label_field: l.label_field.clone(),
-                    }),
-                    Err(e) => {
-                        errors.push(err(
-                            path,
-                            stage_at(&[Step::Key("local"), Step::Key("train")]),
-                            format!("stage `{}`: local classifier: {e}", s.name),
-                        ));
-                        None
-                    }
-                }
-            });
-            if s.local.is_some() && !s.route.models.is_empty() {
-                errors.push(err(
-                    path,
-                    stage_line,
-                    format!(
-                        "stage `{}` has both `local` and route.models; a stage is either a local classifier or calls models",
-                        s.name
-                    ),
-                ));
-            }
-            if s.route.models.is_empty() && s.local.is_none() {
-                errors.push(err(
-                    path,
-                    stage_line,
-                    format!(
-                        "stage `{}` routes to no models; list at least one under route.models",
-                        s.name
-                    ),
-                ));
-            }
-            let mut resolve_models = |names: &[String],
-                                      what: &str,
-                                      key: &str,
-                                      errors: &mut Vec<ConfigError>|
-             -> Vec<RouteModel> {
-                let mut out = Vec::new();
-                for (k, written) in names.iter().enumerate() {
-                    let (m, variant) = split_variant(written);
-                    match catalog.models.get(m) {
-                        None => errors.push(err(
-                            path,
-                            stage_at(&[Step::Key("route"), Step::Key(key), Step::Index(k)]),
-                            format!(
-                                "stage `{}` {what} model `{m}`, which {} does not list; add it to the catalog or fix the name",
-                                s.name,
-                                catalog_path.display()
-                            ),
-                        )),
-                        Some(model) => {
-                            for e in &model.endpoints {
-                                if !used_providers.contains(&e.provider) {
-                                    used_providers.push(e.provider.clone());
-                                }
-                            }
-                            out.push(RouteModel {
-                                name: m.to_string(),
-                                variant,
-                                endpoints: model.endpoints.iter().map(|e| endpoint(m, model, e)).collect(),
-                            });
-                        }
-                    }
-                }
-                out
-            };
-            let models = resolve_models(&s.route.models, "routes to", "models", &mut errors);
-            let content_fallback = resolve_models(
-                &s.route.content_fallback,
-                "falls back on content refusals to",
-                "content_fallback",
+            stages.extend(resolve_stage(
+                &inputs,
+                index,
+                s,
+                &mut used_providers,
                 &mut errors,
-            );
-            let prefs = &s.route.provider;
-            let named = [
-                ("order", &prefs.order),
-                ("only", &prefs.only),
-                ("ignore", &prefs.ignore),
-            ];
-            for (key, p, k) in named
-                .iter()
-                .flat_map(|(key, list)| list.iter().enumerate().map(move |(k, p)| (*key, p, k)))
-            {
-                if !providers_file.providers.contains_key(p) {
-                    errors.push(err(
-                        path,
-                        stage_at(&[
-                            Step::Key("route"),
-                            Step::Key("provider"),
-                            Step::Key(key),
-                            Step::Index(k),
-                        ]),
-                        format!(
-                            "stage `{}`: provider preference names `{p}`, which {} does not define",
-                            s.name,
-                            providers_path.display()
-                        ),
-                    ));
-                }
-            }
-            if let Some(c) = s.gate.min_confidence
-                && !(0.0..=1.0).contains(&c)
-            {
-                errors.push(err(
-                    path,
-                    stage_at(&[Step::Key("gate"), Step::Key("min_confidence")]),
-                    format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
-                ));
-            }
-            for (j, r) in s.gate.escalate_if.iter().enumerate() {
-                if r.equals.is_none() && r.one_of.is_none() {
-                    errors.push(err(
-                        path,
-                        stage_at(&[Step::Key("gate"), Step::Key("escalate_if"), Step::Index(j)]),
-                        format!(
-                            "stage `{}`: rule on `{}` needs `equals` or `in`",
-                            s.name, r.field
-                        ),
-                    ));
-                }
-            }
-            let input_topic = s.input_topic.clone().unwrap_or_else(|| match index {
-                0 => topics.intake.clone(),
-                1 => escalate.clone(),
-                _ => format!("{name}.escalate.{}", s.name),
-            });
-            if let (Some(prompt), Some(schema)) = (prompt, schema) {
-                stages.push(Stage {
-                    name: s.name.as_str().into(),
-                    index,
-                    input_topic,
-                    system_prompt,
-                    prompt,
-                    output_schema: schema,
-                    models,
-                    content_fallback,
-                    route: s.route.clone(),
-                    local,
-                    gate: s.gate.clone(),
-                });
-            }
+            ));
         }
 
         {
@@ -397,62 +176,13 @@ impl Pipeline {
             }
         }
 
-        let mut providers = BTreeMap::new();
-        for pname in used_providers {
-            let Some(p) = providers_file.providers.get(&pname) else {
-                continue;
-            };
-            let env_name = format!("SWITCHYARD_PROVIDER_{}_URL", env_key(&pname));
-            let from_env = std::env::var(&env_name).ok();
-            let base_url = from_env.clone().unwrap_or_else(|| p.base_url.clone());
-            if from_env.is_some()
-                && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-            {
-                errors.push(err(&providers_path, None, format!("provider `{pname}`: {env_name}=`{base_url}` must start with http:// or https://")));
-            } else if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                errors.push(err(&providers_path, line_of(&providers_text, &p.base_url), format!("provider `{pname}`: base_url `{base_url}` must start with http:// or https://")));
-            }
-            let mut written_keys: Vec<KeyFile> = p
-                .api_key
-                .iter()
-                .map(|k| KeyFile {
-                    key: k.clone(),
-                    rpm: None,
-                    tpm: None,
-                })
-                .collect();
-            written_keys.extend(p.keys.iter().cloned());
-            let mut keys = Vec::new();
-            for k in written_keys {
-                match k.key.resolve() {
-                    Ok(secret) => keys.push(ProviderKey {
-                        key_ref: k.key.clone(),
-                        secret,
-                        rpm: k.rpm,
-                        tpm: k.tpm,
-                    }),
-                    Err(e) => errors.push(err(
-                        &providers_path,
-                        line_of(&providers_text, &k.key.to_string()),
-                        format!("provider `{pname}`: {e}"),
-                    )),
-                }
-            }
-            providers.insert(
-                pname.clone(),
-                Provider {
-                    name: pname,
-                    api: p.api,
-                    base_url,
-                    keys,
-                    rpm: p.rpm,
-                    tpm: p.tpm,
-                    max_concurrency: p.max_concurrency,
-                    headers: p.headers.clone(),
-                    forward_metadata: p.forward_metadata.clone(),
-                },
-            );
-        }
+        let providers = resolve_providers(
+            used_providers,
+            &providers_file,
+            &providers_path,
+            &providers_text,
+            &mut errors,
+        );
 
         if let Some(s) = &file.samples {
             match first_sample(&dir.join(s), &file.name) {
@@ -492,6 +222,381 @@ impl Pipeline {
             samples: file.samples.map(|s| dir.join(s)),
         })
     }
+}
+
+/// The providers the stages use, with base URLs (or their environment overrides) checked and
+/// keys resolved; problems go to `errors` with the providers file's lines.
+fn resolve_providers(
+    used_providers: Vec<String>,
+    providers_file: &ProvidersFile,
+    providers_path: &Path,
+    providers_text: &str,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Provider> {
+    let mut providers = BTreeMap::new();
+    for pname in used_providers {
+        let Some(p) = providers_file.providers.get(&pname) else {
+            continue;
+        };
+        let env_name = format!("SWITCHYARD_PROVIDER_{}_URL", env_key(&pname));
+        let from_env = std::env::var(&env_name).ok();
+        let base_url = from_env.clone().unwrap_or_else(|| p.base_url.clone());
+        if from_env.is_some()
+            && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+        {
+            errors.push(err(providers_path, None, format!("provider `{pname}`: {env_name}=`{base_url}` must start with http:// or https://")));
+        } else if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            errors.push(err(
+                providers_path,
+                line_of(providers_text, &p.base_url),
+                format!(
+                    "provider `{pname}`: base_url `{base_url}` must start with http:// or https://"
+                ),
+            ));
+        }
+        let mut written_keys: Vec<KeyFile> = p
+            .api_key
+            .iter()
+            .map(|k| KeyFile {
+                key: k.clone(),
+                rpm: None,
+                tpm: None,
+            })
+            .collect();
+        written_keys.extend(p.keys.iter().cloned());
+        let mut keys = Vec::new();
+        for k in written_keys {
+            match k.key.resolve() {
+                Ok(secret) => keys.push(ProviderKey {
+                    key_ref: k.key.clone(),
+                    secret,
+                    rpm: k.rpm,
+                    tpm: k.tpm,
+                }),
+                Err(e) => errors.push(err(
+                    providers_path,
+                    line_of(providers_text, &k.key.to_string()),
+                    format!("provider `{pname}`: {e}"),
+                )),
+            }
+        }
+        providers.insert(
+            pname.clone(),
+            Provider {
+                name: pname,
+                api: p.api,
+                base_url,
+                keys,
+                rpm: p.rpm,
+                tpm: p.tpm,
+                max_concurrency: p.max_concurrency,
+                headers: p.headers.clone(),
+                forward_metadata: p.forward_metadata.clone(),
+            },
+        );
+    }
+    providers
+}
+
+/// Every catalog endpoint's provider must be defined in the providers file.
+fn check_catalog_providers(
+    catalog: &CatalogFile,
+    catalog_path: &Path,
+    catalog_text: &str,
+    providers_file: &ProvidersFile,
+    providers_path: &Path,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (name, m) in &catalog.models {
+        for e in &m.endpoints {
+            if !providers_file.providers.contains_key(&e.provider) {
+                errors.push(err(
+                    catalog_path,
+                    line_of(catalog_text, &format!("provider: {}", e.provider)),
+                    format!(
+                        "model `{name}` has an endpoint at provider `{}`, which {} does not define; add it there or remove the endpoint",
+                        e.provider,
+                        providers_path.display()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// What resolving one stage needs from the pipeline's other files.
+struct StageInputs<'a> {
+    dir: &'a Path,
+    path: &'a Path,
+    text: &'a str,
+    spans: &'a Spans,
+    catalog: &'a CatalogFile,
+    catalog_path: &'a Path,
+    providers_file: &'a ProvidersFile,
+    providers_path: &'a Path,
+    topics: &'a Topics,
+    escalate: &'a str,
+    name: &'a str,
+}
+
+/// Resolves stage `index`: reads its prompts and schema, trains a local tier, resolves its
+/// models against the catalog; every problem goes to `errors` at its own line.
+fn resolve_stage(
+    inputs: &StageInputs<'_>,
+    index: usize,
+    s: &StageFile,
+    used_providers: &mut Vec<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Stage> {
+    let StageInputs {
+        dir,
+        path,
+        text,
+        spans,
+        catalog,
+        catalog_path,
+        providers_file,
+        providers_path,
+        topics,
+        escalate,
+        name,
+    } = *inputs;
+    let at = |needle: &str| line_of(text, needle);
+    let stage_at = |rest: &[Step<'_>]| {
+        let mut path = vec![Step::Key("stages"), Step::Index(index)];
+        path.extend_from_slice(rest);
+        spans.line(&path)
+    };
+    let stage_line = stage_at(&[]);
+    let read = |p: &Path, what: &str, errors: &mut Vec<ConfigError>| -> Option<String> {
+        let full = dir.join(p);
+        match std::fs::read_to_string(&full) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(err(
+                    path,
+                    at(&p.display().to_string()),
+                    format!(
+                        "stage `{}`: cannot read {what} {}: {e}",
+                        s.name,
+                        full.display()
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    let prompt = read(&s.prompt, "prompt", errors);
+    let system_prompt = s
+        .system_prompt
+        .as_ref()
+        .and_then(|p| read(p, "system prompt", errors));
+    for (src, p) in [
+        (&prompt, Some(&s.prompt)),
+        (&system_prompt, s.system_prompt.as_ref()),
+    ] {
+        if let (Some(src), Some(p)) = (src, p)
+            && let Err(e) = crate::prompt::check(src)
+        {
+            let full = dir.join(p);
+            errors.push(err(&full, e.line(), format!("template error: {e}")));
+        }
+    }
+    let schema = read(&s.output_schema, "output schema", errors).and_then(|t| {
+        let full = dir.join(&s.output_schema);
+        match serde_json::from_str::<Value>(&t) {
+            Ok(v) => match crate::envelope::compile_schema(&v) {
+                Ok(_) => Some(v),
+                Err(e) => {
+                    errors.push(err(&full, None, format!("not a valid JSON Schema: {e}")));
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(err(&full, Some(e.line()), format!("not valid JSON: {e}")));
+                None
+            }
+        }
+    });
+    if let Some(p) = s.local.as_ref().and_then(|l| l.precision)
+        && !(0.0..1.0).contains(&p)
+    {
+        errors.push(err(
+            path,
+            stage_at(&[Step::Key("local"), Step::Key("precision")]),
+            format!(
+                "stage `{}`: local.precision {p} must be in 0..1 (e.g. 0.98)",
+                s.name
+            ),
+        ));
+    }
+    let local = s.local.as_ref().and_then(|l| {
+        let train = dir.join(&l.train);
+        let options = crate::classify::Options {
+            precision: l.precision.filter(|p| (0.0..1.0).contains(p)),
+            ..crate::classify::Options::default()
+        };
+        let oos = match &l.oos_examples {
+            None => Ok(Vec::new()),
+            Some(f) => crate::classify::read_examples(&dir.join(f))
+                .map(|rows| rows.into_iter().map(|(t, _)| t).collect()),
+        };
+        match oos.and_then(|oos| {
+            crate::classify::read_examples(&train)
+                .and_then(|rows| crate::classify::Classifier::train_with_oos(&rows, &oos, options))
+        }) {
+            Ok(c) => Some(LocalStage {
+                classifier: {
+                    let r = &c.report;
+                    if r.target_precision.is_some() && r.threshold.is_none() {
+                        tracing::warn!(stage = %s.name, "local tier: {}", r.summary());
+                    } else {
+                        tracing::info!(stage = %s.name, "local tier: {}", r.summary());
+                    }
+                    std::sync::Arc::new(c)
+                },
+                label_field: l.label_field.clone(),
+            }),
+            Err(e) => {
+                errors.push(err(
+                    path,
+                    stage_at(&[Step::Key("local"), Step::Key("train")]),
+                    format!("stage `{}`: local classifier: {e}", s.name),
+                ));
+                None
+            }
+        }
+    });
+    if s.local.is_some() && !s.route.models.is_empty() {
+        errors.push(err(
+            path,
+            stage_line,
+            format!(
+                "stage `{}` has both `local` and route.models; a stage is either a local classifier or calls models",
+                s.name
+            ),
+        ));
+    }
+    if s.route.models.is_empty() && s.local.is_none() {
+        errors.push(err(
+            path,
+            stage_line,
+            format!(
+                "stage `{}` routes to no models; list at least one under route.models",
+                s.name
+            ),
+        ));
+    }
+    let mut resolve_models = |names: &[String],
+                              what: &str,
+                              key: &str,
+                              errors: &mut Vec<ConfigError>|
+     -> Vec<RouteModel> {
+        let mut out = Vec::new();
+        for (k, written) in names.iter().enumerate() {
+            let (m, variant) = split_variant(written);
+            match catalog.models.get(m) {
+                None => errors.push(err(
+                    path,
+                    stage_at(&[Step::Key("route"), Step::Key(key), Step::Index(k)]),
+                    format!(
+                        "stage `{}` {what} model `{m}`, which {} does not list; add it to the catalog or fix the name",
+                        s.name,
+                        catalog_path.display()
+                    ),
+                )),
+                Some(model) => {
+                    for e in &model.endpoints {
+                        if !used_providers.contains(&e.provider) {
+                            used_providers.push(e.provider.clone());
+                        }
+                    }
+                    out.push(RouteModel {
+                        name: m.to_string(),
+                        variant,
+                        endpoints: model.endpoints.iter().map(|e| endpoint(m, model, e)).collect(),
+                    });
+                }
+            }
+        }
+        out
+    };
+    let models = resolve_models(&s.route.models, "routes to", "models", errors);
+    let content_fallback = resolve_models(
+        &s.route.content_fallback,
+        "falls back on content refusals to",
+        "content_fallback",
+        errors,
+    );
+    let prefs = &s.route.provider;
+    let named = [
+        ("order", &prefs.order),
+        ("only", &prefs.only),
+        ("ignore", &prefs.ignore),
+    ];
+    for (key, p, k) in named
+        .iter()
+        .flat_map(|(key, list)| list.iter().enumerate().map(move |(k, p)| (*key, p, k)))
+    {
+        if !providers_file.providers.contains_key(p) {
+            errors.push(err(
+                path,
+                stage_at(&[
+                    Step::Key("route"),
+                    Step::Key("provider"),
+                    Step::Key(key),
+                    Step::Index(k),
+                ]),
+                format!(
+                    "stage `{}`: provider preference names `{p}`, which {} does not define",
+                    s.name,
+                    providers_path.display()
+                ),
+            ));
+        }
+    }
+    if let Some(c) = s.gate.min_confidence
+        && !(0.0..=1.0).contains(&c)
+    {
+        errors.push(err(
+            path,
+            stage_at(&[Step::Key("gate"), Step::Key("min_confidence")]),
+            format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
+        ));
+    }
+    for (j, r) in s.gate.escalate_if.iter().enumerate() {
+        if r.equals.is_none() && r.one_of.is_none() {
+            errors.push(err(
+                path,
+                stage_at(&[Step::Key("gate"), Step::Key("escalate_if"), Step::Index(j)]),
+                format!(
+                    "stage `{}`: rule on `{}` needs `equals` or `in`",
+                    s.name, r.field
+                ),
+            ));
+        }
+    }
+    let input_topic = s.input_topic.clone().unwrap_or_else(|| match index {
+        0 => topics.intake.clone(),
+        1 => escalate.to_string(),
+        _ => format!("{name}.escalate.{}", s.name),
+    });
+    let (Some(prompt), Some(schema)) = (prompt, schema) else {
+        return None;
+    };
+    Some(Stage {
+        name: s.name.as_str().into(),
+        index,
+        input_topic,
+        system_prompt,
+        prompt,
+        output_schema: schema,
+        models,
+        content_fallback,
+        route: s.route.clone(),
+        local,
+        gate: s.gate.clone(),
+    })
 }
 
 /// The first sample payload as a job, to try the prompts on.
