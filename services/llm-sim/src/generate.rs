@@ -217,6 +217,71 @@ fn string(schema: &Value, rng: &mut StdRng, name: Option<&str>) -> String {
     text
 }
 
+/// Top-level properties of `schema` whose values are enumerated (the answer's decisions).
+pub fn enum_fields(schema: &Value) -> Vec<String> {
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|props| {
+            props
+                .iter()
+                .filter(|(_, p)| p.get("enum").is_some())
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `content` cut into tokens (runs of letters, digits and `_`, or single other characters)
+/// with OpenAI-style logprobs: the first token of each decided field's string value carries
+/// ln(`p`), the model's real probability of being right; every other token is near-certain.
+pub fn token_logprobs(content: &str, decided: &[String], p: f64) -> Vec<(String, f64)> {
+    // Byte offsets where a decided value starts (just after its opening quote).
+    let mut starts = Vec::new();
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(content) {
+        for field in decided {
+            if let Some(Value::String(v)) = map.get(field) {
+                let key = format!("\"{field}\"");
+                if let Some(k) = content.find(&key) {
+                    let quoted =
+                        format!("\"{}", &serde_json::to_string(v).unwrap_or_default()[1..]);
+                    if let Some(off) = content[k + key.len()..].find(&quoted) {
+                        starts.push(k + key.len() + off + 1);
+                    }
+                }
+            }
+        }
+    }
+    let mut tokens: Vec<(String, f64)> = Vec::new();
+    let mut current = String::new();
+    let mut current_start = 0;
+    let push = |tokens: &mut Vec<(String, f64)>, text: &str, start: usize| {
+        if text.is_empty() {
+            return;
+        }
+        let lp = if starts.contains(&start) {
+            p.clamp(1e-6, 1.0).ln()
+        } else {
+            -1e-4
+        };
+        tokens.push((text.to_string(), lp));
+    };
+    for (i, c) in content.char_indices() {
+        if c.is_alphanumeric() || c == '_' {
+            if current.is_empty() {
+                current_start = i;
+            }
+            current.push(c);
+        } else {
+            push(&mut tokens, &current, current_start);
+            current.clear();
+            push(&mut tokens, &c.to_string(), i);
+        }
+    }
+    push(&mut tokens, &current, current_start);
+    tokens
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +349,17 @@ mod tests {
         assert!(v["tags"].as_array().unwrap().len() <= 2);
         let count = v["count"].as_i64().unwrap();
         assert!((1..=3).contains(&count));
+    }
+
+    #[test]
+    fn logprobs_put_the_real_probability_on_the_decided_value() {
+        let content = r#"{"category":"card_arrival","confidence":0.97,"summary":"late card"}"#;
+        let tokens = token_logprobs(content, &["category".to_string()], 0.6);
+        let text: String = tokens.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(text, content, "tokens rebuild the content");
+        let decided: Vec<_> = tokens.iter().filter(|(_, lp)| *lp < -0.01).collect();
+        assert_eq!(decided.len(), 1, "{tokens:?}");
+        assert_eq!(decided[0].0, "card_arrival");
+        assert!((decided[0].1.exp() - 0.6).abs() < 1e-9);
     }
 }

@@ -66,6 +66,11 @@ pub struct ModelProfile {
     /// Share of answers that are right when the caller passes the gold label (oracle mode).
     #[serde(default = "default_accuracy")]
     pub accuracy: f64,
+    /// Honest miscalibration: the self-reported `confidence` is pushed this share of the way
+    /// from the model's real probability of being right towards 1 (0: calibrated; 0.8: a
+    /// model that says 0.95 when it is right 75% of the time). Token logprobs stay honest.
+    #[serde(default)]
+    pub overconfidence: f64,
     /// Fault rates for this model, whichever provider serves it.
     #[serde(default)]
     pub faults: FaultRates,
@@ -234,6 +239,14 @@ pub enum ProfileError {
 }
 
 impl Profile {
+    /// Makes every model overconfident by `amount` (see [`ModelProfile::overconfidence`]).
+    pub fn with_overconfidence(mut self, amount: f64) -> Self {
+        for m in self.models.values_mut() {
+            m.overconfidence = amount.clamp(0.0, 1.0);
+        }
+        self
+    }
+
     /// Parses a profile from YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ProfileError> {
         serde_norway::from_str(text).map_err(|e| ProfileError::Parse {

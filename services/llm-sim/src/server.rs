@@ -225,6 +225,8 @@ struct ChatInput {
     schema: Option<Value>,
     /// Anthropic: the tool to answer with (structured output through a forced tool call).
     tool: Option<String>,
+    /// OpenAI: token logprobs were asked for.
+    logprobs: bool,
 }
 
 /// The simulator's answer before it is put in a wire format.
@@ -242,6 +244,8 @@ enum Outcome {
         prompt_tokens: u64,
         completion_tokens: u64,
         filtered: bool,
+        /// Tokens of `content` with their logprobs, when asked for.
+        logprobs: Option<Vec<(String, f64)>>,
     },
 }
 
@@ -356,6 +360,8 @@ fn read_input(request: &Value, api: Api) -> Result<ChatInput, String> {
         }
     };
     Ok(ChatInput {
+        logprobs: api == Api::OpenAi
+            && request.get("logprobs").and_then(Value::as_bool) == Some(true),
         model,
         messages,
         schema,
@@ -498,7 +504,17 @@ async fn simulate(
                 .clamp(0.01, 0.99)
         }
     });
-    let style = AnswerStyle { confidence };
+    // What the model reports: its real probability of being right, pushed towards 1 by the
+    // profile's overconfidence. Right answers and logprobs follow the real probability.
+    let reported =
+        (confidence + (1.0 - confidence) * model.overconfidence.clamp(0.0, 1.0)).clamp(0.01, 0.99);
+    let style = AnswerStyle {
+        confidence: if directives.confidence.is_some() {
+            confidence
+        } else {
+            reported
+        },
+    };
     let mut content = match (&input.schema, fault) {
         (Some(s), Fault::SchemaViolation) => generate::violating(s, &mut rng, style).to_string(),
         (Some(s), _) => {
@@ -522,12 +538,21 @@ async fn simulate(
     if fault == Fault::InBandError {
         return Outcome::InBandError;
     }
+    let logprobs = input.logprobs.then(|| {
+        let decided: Vec<String> = match (&oracle, &input.schema) {
+            (Some(gold), _) => gold.keys().cloned().collect(),
+            (None, Some(s)) => generate::enum_fields(s),
+            (None, None) => Vec::new(),
+        };
+        generate::token_logprobs(&content, &decided, confidence)
+    });
     Outcome::Answer {
         tool: input.tool,
         content,
         prompt_tokens,
         completion_tokens,
         filtered: fault == Fault::ContentFilter,
+        logprobs,
     }
 }
 
@@ -551,8 +576,14 @@ fn openai_response(model: &str, outcome: Outcome) -> (StatusCode, Response) {
             prompt_tokens,
             completion_tokens,
             filtered,
+            logprobs,
             ..
         } => {
+            let logprobs = logprobs.map(|tokens| {
+                json!({"content": tokens.iter().map(|(t, lp)| json!({
+                    "token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []
+                })).collect::<Vec<_>>()})
+            });
             let (content, finish) = if filtered {
                 (Value::Null, "content_filter")
             } else {
@@ -563,7 +594,7 @@ fn openai_response(model: &str, outcome: Outcome) -> (StatusCode, Response) {
                 "object": "chat.completion",
                 "created": 0,
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish, "logprobs": logprobs}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}
             });
@@ -601,6 +632,7 @@ fn anthropic_response(model: &str, outcome: Outcome) -> (StatusCode, Response) {
             prompt_tokens,
             completion_tokens,
             filtered,
+            ..
         } => {
             let parsed: Option<Value> =
                 serde_json::from_str(&content).ok().filter(Value::is_object);

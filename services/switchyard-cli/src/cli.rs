@@ -217,9 +217,39 @@ pub struct EvalArgs {
     /// Simulator seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Simulated models overstate their self-reported confidence by this share of the way to
+    /// 1 (0: calibrated; 0.8: overconfident). Their token logprobs stay honest.
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_overconfidence: f64,
+    /// Override every model stage's gate confidence sources (comma-separated: reported,
+    /// logprob, agreement).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub confidence_from: Vec<ConfidenceFromArg>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A gate confidence source (see `gate.confidence_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfidenceFromArg {
+    /// The model's self-reported confidence.
+    Reported,
+    /// The probability of the decision's tokens.
+    Logprob,
+    /// Agreement with the local tier.
+    Agreement,
+}
+
+impl From<ConfidenceFromArg> for switchyard::config::ConfidenceSource {
+    fn from(a: ConfidenceFromArg) -> Self {
+        use switchyard::config::ConfidenceSource as S;
+        match a {
+            ConfidenceFromArg::Reported => S::Reported,
+            ConfidenceFromArg::Logprob => S::Logprob,
+            ConfidenceFromArg::Agreement => S::Agreement,
+        }
+    }
 }
 
 /// `switchyard bench`.
@@ -981,6 +1011,9 @@ async fn eval(a: EvalArgs) -> anyhow::Result<()> {
         latency_scale: a.latency_scale,
         seed: a.seed,
         progress: !a.json,
+        overconfidence: a.sim_overconfidence,
+        confidence_from: (!a.confidence_from.is_empty())
+            .then(|| a.confidence_from.iter().map(|c| (*c).into()).collect()),
     })
     .await?;
     if a.json {

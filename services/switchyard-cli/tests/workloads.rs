@@ -155,3 +155,42 @@ fn the_local_tier_leaves_clinc150_out_of_scope_queries_to_the_models() {
     // The threshold was chosen on the training split's cross-validation, as reported.
     assert!(r["training"]["threshold"].as_f64().is_some(), "{r}");
 }
+
+#[test]
+fn an_overconfident_model_fools_a_reported_confidence_gate_but_not_a_logprob_one() {
+    // The simulated models overstate their confidence (0.95 when right 75% of the time);
+    // their token logprobs stay honest. Same jobs, same seed, two gates.
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--pipeline",
+            "pipelines/support-triage",
+            "--data",
+            "pipelines/support-triage/eval/banking77-test.jsonl",
+            "--limit",
+            "300",
+            "--latency-scale",
+            "0",
+            "--sim-overconfidence",
+            "0.8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let reported = eval(&[]);
+    let logprob = eval(&["--confidence-from", "logprob"]);
+    assert_eq!(reported["simulator"]["name"], "overconfident");
+    assert_eq!(logprob["confidence_from"][0], "logprob");
+    let esc = |r: &Value| r["pipeline"]["escalation_rate"].as_f64().unwrap();
+    let acc = |r: &Value| r["pipeline"]["accuracy"].as_f64().unwrap();
+    // Believing the model, the gate lets its wrong answers through.
+    assert!(
+        esc(&logprob) > esc(&reported) + 0.1,
+        "{reported}\n{logprob}"
+    );
+    assert!(
+        acc(&logprob) > acc(&reported) + 0.03,
+        "{reported}\n{logprob}"
+    );
+}

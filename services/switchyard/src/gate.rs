@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::config::{GateSpec, LastStagePolicy, Rule};
+use crate::config::{ConfidenceSource, GateSpec, LastStagePolicy, Rule};
 use crate::envelope::EscalationReason;
 
 /// The gate's decision.
@@ -30,16 +30,44 @@ pub enum Verdict {
     },
 }
 
+/// What the call showed besides the output itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Evidence {
+    /// Probability of the decision's tokens (from logprobs), when the provider gave them.
+    pub logprob: Option<f64>,
+    /// Whether the local tier's label agrees with the output's decision, when there is one.
+    pub agreement: Option<bool>,
+}
+
 /// The output's self-reported confidence, if it has one.
-pub fn confidence(spec: &GateSpec, output: &Value) -> Option<f64> {
+pub fn reported(spec: &GateSpec, output: &Value) -> Option<f64> {
     lookup(output, &spec.confidence_field).and_then(Value::as_f64)
 }
 
+/// The confidence the gate compares: the lowest of the configured sources that are available,
+/// else the reported one.
+pub fn confidence(spec: &GateSpec, output: &Value, evidence: &Evidence) -> Option<f64> {
+    let available: Vec<f64> = spec
+        .confidence_from
+        .iter()
+        .filter_map(|s| match s {
+            ConfidenceSource::Reported => reported(spec, output),
+            ConfidenceSource::Logprob => evidence.logprob,
+            ConfidenceSource::Agreement => evidence.agreement.map(|a| f64::from(u8::from(a))),
+        })
+        .collect();
+    if available.is_empty() {
+        reported(spec, output)
+    } else {
+        available.into_iter().reduce(f64::min)
+    }
+}
+
 /// Decides for one output. `has_next` says whether a later stage exists.
-pub fn judge(spec: &GateSpec, output: &Value, has_next: bool) -> Verdict {
+pub fn judge(spec: &GateSpec, output: &Value, has_next: bool, evidence: &Evidence) -> Verdict {
     let mut unsatisfied: Option<(EscalationReason, String)> = None;
     if let Some(min) = spec.min_confidence {
-        match confidence(spec, output) {
+        match confidence(spec, output, evidence) {
             Some(c) if c >= min => {}
             Some(c) => {
                 unsatisfied = Some((
@@ -115,19 +143,24 @@ mod tests {
                 },
             ],
             at_last_stage: LastStagePolicy::Review,
+            confidence_from: vec![ConfidenceSource::Reported],
+            decision_field: None,
         }
     }
 
     #[test]
     fn confident_and_harmless_is_accepted() {
         let out = json!({"confidence": 0.9, "urgency": "low", "category": "card_arrival"});
-        assert_eq!(judge(&spec(), &out, true), Verdict::Accept);
+        assert_eq!(
+            judge(&spec(), &out, true, &Evidence::default()),
+            Verdict::Accept
+        );
     }
 
     #[test]
     fn low_confidence_escalates_with_the_numbers() {
         let out = json!({"confidence": 0.5, "urgency": "low", "category": "x"});
-        match judge(&spec(), &out, true) {
+        match judge(&spec(), &out, true, &Evidence::default()) {
             Verdict::Escalate { reason, detail } => {
                 assert_eq!(reason, EscalationReason::LowConfidence);
                 assert_eq!(detail, "confidence 0.50 is below 0.70");
@@ -141,7 +174,7 @@ mod tests {
         let out =
             json!({"confidence": 0.99, "urgency": "normal", "category": "lost_or_stolen_card"});
         assert!(matches!(
-            judge(&spec(), &out, true),
+            judge(&spec(), &out, true, &Evidence::default()),
             Verdict::Escalate {
                 reason: EscalationReason::Rule,
                 ..
@@ -149,7 +182,7 @@ mod tests {
         ));
         let out = json!({"confidence": 0.99, "urgency": "high", "category": "x"});
         assert!(matches!(
-            judge(&spec(), &out, true),
+            judge(&spec(), &out, true, &Evidence::default()),
             Verdict::Escalate {
                 reason: EscalationReason::Rule,
                 ..
@@ -161,24 +194,27 @@ mod tests {
     fn last_stage_reviews_or_rejects_by_policy() {
         let out = json!({"confidence": 0.2});
         assert!(matches!(
-            judge(&spec(), &out, false),
+            judge(&spec(), &out, false, &Evidence::default()),
             Verdict::Review { .. }
         ));
         let mut s = spec();
         s.at_last_stage = LastStagePolicy::DeadLetter;
-        assert!(matches!(judge(&s, &out, false), Verdict::Reject { .. }));
+        assert!(matches!(
+            judge(&s, &out, false, &Evidence::default()),
+            Verdict::Reject { .. }
+        ));
     }
 
     #[test]
     fn missing_confidence_is_not_trusted() {
         let out = json!({"urgency": "low"});
         assert!(matches!(
-            judge(&spec(), &out, true),
+            judge(&spec(), &out, true, &Evidence::default()),
             Verdict::Escalate { .. }
         ));
         let mut s = spec();
         s.min_confidence = None;
-        assert_eq!(judge(&s, &out, true), Verdict::Accept);
+        assert_eq!(judge(&s, &out, true, &Evidence::default()), Verdict::Accept);
     }
 
     #[test]
@@ -191,6 +227,43 @@ mod tests {
             equals: Some(json!("gold")),
             one_of: None,
         }];
-        assert!(matches!(judge(&s, &out, true), Verdict::Escalate { .. }));
+        assert!(matches!(
+            judge(&s, &out, true, &Evidence::default()),
+            Verdict::Escalate { .. }
+        ));
+    }
+
+    #[test]
+    fn logprob_and_agreement_evidence_override_a_confident_claim() {
+        let mut s = spec();
+        s.escalate_if.clear();
+        s.confidence_from = vec![ConfidenceSource::Logprob, ConfidenceSource::Agreement];
+        let out = json!({"category": "card_arrival", "urgency": "low", "confidence": 0.99});
+        // The model says 0.99, its tokens say 0.55: the gate believes the tokens.
+        let unsure = Evidence {
+            logprob: Some(0.55),
+            agreement: None,
+        };
+        assert_eq!(confidence(&s, &out, &unsure), Some(0.55));
+        assert!(matches!(
+            judge(&s, &out, true, &unsure),
+            Verdict::Escalate {
+                reason: EscalationReason::LowConfidence,
+                ..
+            }
+        ));
+        // Sure tokens, but the local tier disagreed: the lowest source wins.
+        let disagreed = Evidence {
+            logprob: Some(0.97),
+            agreement: Some(false),
+        };
+        assert_eq!(confidence(&s, &out, &disagreed), Some(0.0));
+        let agreed = Evidence {
+            logprob: Some(0.97),
+            agreement: Some(true),
+        };
+        assert_eq!(judge(&s, &out, true, &agreed), Verdict::Accept);
+        // No evidence at all (a provider without logprobs): the reported confidence counts.
+        assert_eq!(confidence(&s, &out, &Evidence::default()), Some(0.99));
     }
 }

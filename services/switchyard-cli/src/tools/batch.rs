@@ -313,7 +313,7 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
         .unwrap_or_else(|| default_chunk_chars(&pipeline));
     let oracle = !options.real_providers;
     let sim = if oracle {
-        Some(oracle_sim(&mut pipeline, options.latency_scale, None).await?)
+        Some(oracle_sim(&mut pipeline, options.latency_scale, None, 0.0).await?)
     } else {
         None
     };

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use switchyard::config::Pipeline;
+use switchyard::config::{ConfidenceSource, Pipeline};
 use switchyard::envelope::{Intake, now};
 use switchyard_testkit::{Harness, Tally};
 
@@ -45,6 +45,10 @@ pub struct EvalOptions {
     pub seed: u64,
     /// Progress bar on stderr.
     pub progress: bool,
+    /// Simulated models overstate their confidence by this much (0: calibrated).
+    pub overconfidence: f64,
+    /// Override every model stage's gate confidence sources.
+    pub confidence_from: Option<Vec<ConfidenceSource>>,
 }
 
 /// One row of the report.
@@ -85,6 +89,19 @@ pub struct EvalReport {
     pub oracle: bool,
     /// Labelled jobs read.
     pub jobs: usize,
+    /// The simulator variant (none with real providers).
+    pub simulator: Option<SimulatorVariant>,
+    /// Where model stages' gates took their confidence from.
+    pub confidence_from: Vec<ConfidenceSource>,
+}
+
+/// Which simulator the figures come from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SimulatorVariant {
+    /// `calibrated` or `overconfident`.
+    pub name: String,
+    /// How far reported confidence is pushed towards 1.
+    pub overconfidence: f64,
 }
 
 impl EvalReport {
@@ -330,8 +347,9 @@ pub(crate) async fn oracle_sim(
     pipeline: &mut Pipeline,
     latency_scale: f64,
     seed: Option<u64>,
+    overconfidence: f64,
 ) -> anyhow::Result<llm_sim::SimServer> {
-    let mut profile = llm_sim::Profile::default_profile()?;
+    let mut profile = llm_sim::Profile::default_profile()?.with_overconfidence(overconfidence);
     profile.latency_scale = latency_scale;
     if let Some(seed) = seed {
         profile.seed = seed;
@@ -349,13 +367,32 @@ pub(crate) async fn oracle_sim(
 /// Runs the evaluation.
 pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
     let mut pipeline = Pipeline::load(&options.pipeline).map_err(|e| anyhow!("{e}"))?;
+    if let Some(sources) = &options.confidence_from {
+        for s in pipeline.stages.iter_mut().filter(|s| s.local.is_none()) {
+            s.gate.confidence_from = sources.clone();
+        }
+    }
+    let confidence_from = pipeline
+        .stages
+        .iter()
+        .find(|s| s.local.is_none())
+        .map(|s| s.gate.confidence_from.clone())
+        .unwrap_or_default();
     let mut labelled = read_labelled(&options.data)?;
     if let Some(n) = options.limit {
         labelled.truncate(n);
     }
     let oracle = !options.real_providers;
     let sim = if oracle {
-        Some(oracle_sim(&mut pipeline, options.latency_scale, Some(options.seed)).await?)
+        Some(
+            oracle_sim(
+                &mut pipeline,
+                options.latency_scale,
+                Some(options.seed),
+                options.overconfidence,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -433,6 +470,15 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         local_tier: local,
         oracle,
         jobs: jobs.len(),
+        simulator: oracle.then(|| SimulatorVariant {
+            name: if options.overconfidence > 0.0 {
+                "overconfident".into()
+            } else {
+                "calibrated".into()
+            },
+            overconfidence: options.overconfidence,
+        }),
+        confidence_from,
     })
 }
 

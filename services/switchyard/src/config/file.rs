@@ -337,6 +337,48 @@ pub struct GateSpec {
     /// `needs_review: true`; `dead_letter` sends the job to the dead-letter topic.
     #[serde(default)]
     pub at_last_stage: LastStagePolicy,
+    /// Where the confidence compared with `min_confidence` comes from: `reported` (the
+    /// model's own `confidence_field`), `logprob` (the probability of the chosen value of
+    /// `decision_field`, from token logprobs), `agreement` (1 when the local tier's label
+    /// agrees with the model's, 0 when not). With several, the lowest counts; sources a call
+    /// cannot give (no logprobs, no local label) are skipped, and with none left the reported
+    /// confidence counts.
+    #[serde(default = "default_confidence_from")]
+    pub confidence_from: Vec<ConfidenceSource>,
+    /// The output field whose value is the stage's decision (for `logprob` and `agreement`);
+    /// defaults to the first `escalate_if` rule's field.
+    #[serde(default)]
+    pub decision_field: Option<String>,
+}
+
+/// A source of confidence for the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfidenceSource {
+    /// The model's self-reported confidence.
+    Reported,
+    /// The probability of the decision's tokens.
+    Logprob,
+    /// Agreement with the local tier's label.
+    Agreement,
+}
+
+pub(crate) fn default_confidence_from() -> Vec<ConfidenceSource> {
+    vec![ConfidenceSource::Reported]
+}
+
+impl GateSpec {
+    /// The field whose value is the decision.
+    pub fn decision_field(&self) -> Option<&str> {
+        self.decision_field
+            .as_deref()
+            .or_else(|| self.escalate_if.first().map(|r| r.field.as_str()))
+    }
+
+    /// Whether calls should ask for token logprobs.
+    pub fn wants_logprobs(&self) -> bool {
+        self.confidence_from.contains(&ConfidenceSource::Logprob)
+    }
 }
 
 impl Default for GateSpec {
@@ -346,6 +388,8 @@ impl Default for GateSpec {
             min_confidence: None,
             escalate_if: Vec::new(),
             at_last_stage: LastStagePolicy::Review,
+            confidence_from: default_confidence_from(),
+            decision_field: None,
         }
     }
 }

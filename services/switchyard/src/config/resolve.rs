@@ -564,6 +564,37 @@ fn resolve_stage(
             format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
         ));
     }
+    let needs_decision = s
+        .gate
+        .confidence_from
+        .iter()
+        .any(|c| *c != ConfidenceSource::Reported);
+    match s.gate.decision_field() {
+        None if needs_decision => errors.push(err(
+            path,
+            stage_at(&[Step::Key("gate"), Step::Key("confidence_from")]),
+            format!(
+                "stage `{}`: gate.confidence_from uses logprob or agreement, which need the output field holding the decision; set gate.decision_field (e.g. category)",
+                s.name
+            ),
+        )),
+        Some(field)
+            if needs_decision
+                && schema
+                    .as_ref()
+                    .is_some_and(|v| v.pointer(&format!("/properties/{field}")).is_none()) =>
+        {
+            errors.push(err(
+                path,
+                stage_at(&[Step::Key("gate"), Step::Key("decision_field")]),
+                format!(
+                    "stage `{}`: decision field `{field}` is not a property of the output schema",
+                    s.name
+                ),
+            ))
+        }
+        _ => {}
+    }
     for (j, r) in s.gate.escalate_if.iter().enumerate() {
         if r.equals.is_none() && r.one_of.is_none() {
             errors.push(err(

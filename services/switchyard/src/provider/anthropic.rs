@@ -201,6 +201,7 @@ impl Anthropic {
             });
         match content {
             Some(content) => Ok(Completion {
+                logprobs: None,
                 content,
                 usage,
                 status,
@@ -254,6 +255,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             key: None,
             metadata: None,
+            logprobs: false,
         };
         let b: Value =
             serde_json::from_slice(&serde_json::to_vec(&Anthropic::body(&r)).unwrap()).unwrap();

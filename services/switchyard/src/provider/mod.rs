@@ -76,6 +76,8 @@ pub struct ChatRequest<'a> {
     pub key: Option<&'a crate::secret::Secret>,
     /// The job's metadata; entries the provider lists in `forward_metadata` go out as headers.
     pub metadata: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// Ask for token logprobs (OpenAI-compatible providers that return them).
+    pub logprobs: bool,
 }
 
 /// Token counts as the provider reported them.
@@ -102,6 +104,17 @@ pub struct Completion {
     pub usage: Usage,
     /// HTTP status (200).
     pub status: u16,
+    /// The answer's tokens with their logprobs, when asked for and returned.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// One output token and its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f64,
 }
 
 /// A failed call, classified.

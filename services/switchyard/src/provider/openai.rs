@@ -26,6 +26,8 @@ struct Body<'a> {
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    logprobs: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +92,7 @@ impl OpenAiCompatible {
             }),
             max_tokens: request.max_tokens,
             temperature: request.temperature,
+            logprobs: request.logprobs,
         }
     }
 
@@ -174,8 +177,23 @@ impl OpenAiCompatible {
             content: content.to_string(),
             usage,
             status,
+            logprobs: token_logprobs(choice),
         })
     }
+}
+
+/// `choices[i].logprobs.content` of an OpenAI-format choice: each token with its logprob.
+pub fn token_logprobs(choice: &Value) -> Option<Vec<crate::provider::TokenLogprob>> {
+    let content = choice.pointer("/logprobs/content")?.as_array()?;
+    content
+        .iter()
+        .map(|t| {
+            Some(crate::provider::TokenLogprob {
+                token: t.get("token")?.as_str()?.to_string(),
+                logprob: t.get("logprob")?.as_f64()?,
+            })
+        })
+        .collect()
 }
 
 /// `scheme://host[:port]/path` without user info or query.
@@ -245,6 +263,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             key: None,
             metadata: None,
+            logprobs: false,
         };
         let wire = |r: &ChatRequest<'_>| -> Value {
             serde_json::from_slice(&serde_json::to_vec(&OpenAiCompatible::body(r)).unwrap())
@@ -265,6 +284,12 @@ mod tests {
         assert!(b.get("temperature").is_none());
         r.native_schema = false;
         assert_eq!(wire(&r)["response_format"], json!({"type": "json_object"}));
+        assert!(
+            wire(&r).get("logprobs").is_none(),
+            "only asked for when the gate uses them"
+        );
+        r.logprobs = true;
+        assert_eq!(wire(&r)["logprobs"], true);
     }
 
     #[test]

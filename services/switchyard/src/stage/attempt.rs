@@ -62,6 +62,7 @@ impl NextMove {
 /// What every attempt of one job in one stage shares.
 #[derive(Clone, Copy)]
 pub(super) struct JobRequest<'a> {
+    pub history: &'a [crate::envelope::EscalationStep],
     pub metadata: &'a std::collections::BTreeMap<String, String>,
     pub messages: &'a [Message],
     pub needs: &'a Needs,
@@ -295,7 +296,10 @@ impl StageRunner {
         run: &mut Attempts,
     ) -> Option<Attempted> {
         let errors = match self.check(&completion.content) {
-            Ok(output) => return Some(Attempted::Done(self.judge(output))),
+            Ok(output) => {
+                let evidence = self.evidence(&output, &completion, request);
+                return Some(Attempted::Done(self.judge(output, &evidence)));
+            }
             Err(errors) => errors,
         };
         run.mark_last_schema_invalid(&errors);
@@ -317,13 +321,36 @@ impl StageRunner {
             .await
             .ok()?;
         Some(Attempted::Done(match self.check(&second.content) {
-            Ok(output) => self.judge(output),
+            Ok(output) => {
+                let evidence = self.evidence(&output, &second, request);
+                self.judge(output, &evidence)
+            }
             Err(errors) => {
                 run.mark_last_schema_invalid(&errors);
                 let output = parse_json(&second.content).unwrap_or(Value::Null);
                 self.schema_invalid(errors, output)
             }
         }))
+    }
+
+    /// What the call showed besides the output: the decision's probability from logprobs, and
+    /// agreement with the local tier.
+    fn evidence(
+        &self,
+        output: &Value,
+        completion: &Completion,
+        request: &JobRequest<'_>,
+    ) -> crate::gate::Evidence {
+        let Some(field) = self.stage.gate.decision_field() else {
+            return crate::gate::Evidence::default();
+        };
+        crate::gate::Evidence {
+            logprob: completion
+                .logprobs
+                .as_deref()
+                .and_then(|t| super::evidence::decision_probability(output, field, t)),
+            agreement: super::evidence::agreement(output, field, request.history),
+        }
     }
 
     /// Waits for capacity at `endpoint` up to the route's max_wait. Err(Some(wait)): none
@@ -378,6 +405,7 @@ impl StageRunner {
             timeout: self.stage.route.timeout,
             key: permit.secret.as_ref(),
             metadata: Some(metadata),
+            logprobs: self.stage.gate.wants_logprobs(),
         };
         let started = Instant::now();
         // One span per attempt, with OpenTelemetry's GenAI attribute names.

@@ -7,6 +7,7 @@
 //! rest of the product comes as narrow handles in [`StageDeps`].
 
 pub mod attempt;
+pub mod evidence;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -219,7 +220,7 @@ impl StageRunner {
             let output = Value::Object(output);
             let errors = validation_errors(&self.validator, &output, MAX_REPORTED_ERRORS);
             return run.finish(if errors.is_empty() {
-                self.judge(output)
+                self.judge(output, &gate::Evidence::default())
             } else {
                 self.schema_invalid(errors, output)
             });
@@ -276,6 +277,7 @@ impl StageRunner {
         }
 
         let request = JobRequest {
+            history,
             metadata: &job.metadata,
             messages: &messages,
             needs: &needs,
@@ -329,9 +331,9 @@ impl StageRunner {
         }
     }
 
-    fn judge(&self, output: Value) -> Outcome {
-        let confidence = gate::confidence(&self.stage.gate, &output);
-        match gate::judge(&self.stage.gate, &output, self.next.is_some()) {
+    fn judge(&self, output: Value, evidence: &gate::Evidence) -> Outcome {
+        let confidence = gate::confidence(&self.stage.gate, &output, evidence);
+        match gate::judge(&self.stage.gate, &output, self.next.is_some(), evidence) {
             Verdict::Accept => Outcome::Accept {
                 output,
                 confidence,

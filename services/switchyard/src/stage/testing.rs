@@ -70,6 +70,7 @@ pub(crate) const GOOD: &str = r#"{"category": "card_arrival", "urgency": "low", 
 
 pub(crate) fn answer(content: &str) -> Completion {
     Completion {
+        logprobs: None,
         content: content.to_string(),
         usage: Usage {
             prompt_tokens: 100,
