@@ -225,6 +225,9 @@ pub struct EvalArgs {
     /// logprob, agreement).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub confidence_from: Vec<ConfidenceFromArg>,
+    /// The gold label of out-of-scope jobs (reported under `oos` when the data has some).
+    #[arg(long, default_value = "none")]
+    pub oos_label: String,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -1014,6 +1017,7 @@ async fn eval(a: EvalArgs) -> anyhow::Result<()> {
         overconfidence: a.sim_overconfidence,
         confidence_from: (!a.confidence_from.is_empty())
             .then(|| a.confidence_from.iter().map(|c| (*c).into()).collect()),
+        oos_label: a.oos_label,
     })
     .await?;
     if a.json {

@@ -49,6 +49,8 @@ pub struct EvalOptions {
     pub overconfidence: f64,
     /// Override every model stage's gate confidence sources.
     pub confidence_from: Option<Vec<ConfidenceSource>>,
+    /// The gold label of out-of-scope jobs (answering anything else for them is wrong).
+    pub oos_label: String,
 }
 
 /// One row of the report.
@@ -93,6 +95,97 @@ pub struct EvalReport {
     pub simulator: Option<SimulatorVariant>,
     /// Where model stages' gates took their confidence from.
     pub confidence_from: Vec<ConfidenceSource>,
+    /// What the pipeline did with out-of-scope jobs (when the data has some).
+    pub oos: Option<OosFigures>,
+    /// Calibration of each stage's confidence on the jobs it finished, in the pipeline run.
+    pub calibration: Vec<StageCalibration>,
+}
+
+/// The pipeline's out-of-scope jobs.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct OosFigures {
+    /// Out-of-scope jobs in the data.
+    pub queries: usize,
+    /// Finished by the local tier (always with some intent: wrong).
+    pub taken_by_local: usize,
+    /// Passed beyond the first stage.
+    pub escalated: usize,
+    /// Finished with an answer other than the out-of-scope label.
+    pub answered_wrongly: usize,
+}
+
+/// How well one stage's confidence matched its accuracy.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct StageCalibration {
+    /// Stage.
+    pub stage: String,
+    /// Jobs it finished.
+    pub jobs: usize,
+    /// Their accuracy.
+    pub accuracy: f64,
+    /// Their mean confidence.
+    pub mean_confidence: f64,
+    /// Expected calibration error (15 bins).
+    pub ece: f64,
+}
+
+/// Out-of-scope figures and per-stage calibration of the pipeline run.
+fn oos_and_calibration(
+    pipeline: &Pipeline,
+    tally: &Tally,
+    gold: &[(String, String)],
+    label_field: &str,
+    oos_label: &str,
+) -> (Option<OosFigures>, Vec<StageCalibration>) {
+    let local = pipeline
+        .stages
+        .first()
+        .filter(|s| s.local.is_some())
+        .map(|s| s.name.to_string());
+    let mut oos = OosFigures::default();
+    let mut by_stage: BTreeMap<String, Vec<(usize, f64, bool)>> = BTreeMap::new();
+    for (id, label) in gold {
+        let Some(r) = tally.results.get(id).and_then(|v| v.first()) else {
+            continue;
+        };
+        let answer = r.output.get(label_field).and_then(Value::as_str);
+        let right = answer == Some(label.as_str());
+        if let Some(c) = r.confidence {
+            by_stage
+                .entry(r.stage.to_string())
+                .or_default()
+                .push((0, c, right));
+        }
+        if label == oos_label {
+            oos.queries += 1;
+            if local.as_deref() == Some(r.stage.as_str()) {
+                oos.taken_by_local += 1;
+            }
+            if !r.escalations.is_empty() {
+                oos.escalated += 1;
+            }
+            if !right {
+                oos.answered_wrongly += 1;
+            }
+        }
+    }
+    let calibration = by_stage
+        .into_iter()
+        .map(|(stage, j)| {
+            let n = j.len().max(1) as f64;
+            StageCalibration {
+                stage,
+                jobs: j.len(),
+                accuracy: j.iter().filter(|x| x.2).count() as f64 / n,
+                mean_confidence: j.iter().map(|x| x.1).sum::<f64>() / n,
+                ece: switchyard::classify::calibrate::ece(&j),
+            }
+        })
+        .collect();
+    (
+        gold.iter().any(|(_, l)| l == oos_label).then_some(oos),
+        calibration,
+    )
 }
 
 /// Which simulator the figures come from.
@@ -132,6 +225,22 @@ impl EvalReport {
                 l.coverage * 100.0,
                 l.accuracy,
                 l.top1_accuracy
+            ));
+        }
+        if let Some(o) = &self.oos {
+            s.push_str(&format!(
+                "out of scope: {} jobs; {} taken by the local tier, {} escalated, {} answered wrongly ({:.1}%)\n",
+                o.queries,
+                o.taken_by_local,
+                o.escalated,
+                o.answered_wrongly,
+                o.answered_wrongly as f64 * 100.0 / o.queries.max(1) as f64
+            ));
+        }
+        for c in &self.calibration {
+            s.push_str(&format!(
+                "calibration of {}: {} jobs, accuracy {:.3}, mean confidence {:.3}, ECE {:.3}\n",
+                c.stage, c.jobs, c.accuracy, c.mean_confidence, c.ece
             ));
         }
         s.push_str(&format!(
@@ -441,6 +550,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         .collect();
     let mut rows = Vec::new();
     let mut local = None;
+    let (mut oos, mut calibration) = (None, Vec::new());
     for (name, variant) in ["pipeline", "cheap-only", "strong-only"]
         .into_iter()
         .zip(variants(&pipeline)?)
@@ -451,6 +561,13 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         tracing::info!(variant = name, elapsed = ?started.elapsed(), "evaluated");
         if name == "pipeline" {
             local = local_tier(&variant, &tally, &gold, &texts, &options.label_field);
+            (oos, calibration) = oos_and_calibration(
+                &variant,
+                &tally,
+                &gold,
+                &options.label_field,
+                &options.oos_label,
+            );
         }
         rows.push(score(&tally, &gold, &options.label_field).0);
     }
@@ -470,6 +587,8 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         local_tier: local,
         oracle,
         jobs: jobs.len(),
+        oos,
+        calibration,
         simulator: oracle.then(|| SimulatorVariant {
             name: if options.overconfidence > 0.0 {
                 "overconfident".into()
