@@ -295,4 +295,18 @@ mod tests {
         let model = find("simlab/nope");
         assert_eq!(model.line, Some(line_of_text("simlab/nope")), "{errors}");
     }
+
+    #[test]
+    fn a_pipeline_loads_from_its_folder_or_its_file_and_a_missing_one_says_where_it_looked() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/support-triage");
+        let by_folder = Pipeline::load(&dir).unwrap();
+        let by_file = Pipeline::load(&dir.join("pipeline.yaml")).unwrap();
+        assert_eq!(by_folder.name, by_file.name);
+        assert_eq!(by_folder.stages.len(), by_file.stages.len());
+        let missing = Pipeline::load(Path::new("no/such/pipeline"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("does not exist"), "{missing}");
+        assert!(missing.contains("working directory"), "{missing}");
+    }
 }

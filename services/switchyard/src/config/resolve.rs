@@ -11,14 +11,26 @@ use super::span::{Spans, Step};
 use super::*;
 
 impl Pipeline {
-    /// Loads `DIR/pipeline.yaml` and everything it references.
+    /// Loads `DIR/pipeline.yaml` (or the YAML file given) and everything it references.
+    /// Relative paths are from the working directory.
     pub fn load(dir: &Path) -> Result<Pipeline, ConfigErrors> {
-        let path = dir.join("pipeline.yaml");
+        // `validate pipelines/x/pipeline.yaml` means the folder it is in.
+        let (dir, path) = if dir.is_file() {
+            let folder = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            (folder.unwrap_or(Path::new(".")), dir.to_path_buf())
+        } else {
+            (dir, dir.join("pipeline.yaml"))
+        };
         if !path.is_file() {
             let what = if dir.is_dir() {
-                "has no pipeline.yaml"
+                "has no pipeline.yaml".to_string()
+            } else if dir.is_relative() {
+                let cwd = std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the working directory".into());
+                format!("does not exist (relative paths are from the working directory, {cwd})")
             } else {
-                "does not exist"
+                "does not exist".to_string()
             };
             return Err(err(
                 dir,
