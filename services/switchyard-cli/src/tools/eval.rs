@@ -322,7 +322,7 @@ pub struct LocalTier {
     pub accuracy: f64,
     /// Share of jobs it finished itself (no paid call).
     pub coverage: f64,
-    /// The classifier's top-1 accuracy over every job, before its gate.
+    /// The classifier's top-1 accuracy over every in-scope job, before its gate.
     pub top1_accuracy: f64,
 }
 
@@ -334,6 +334,7 @@ fn local_tier(
     gold: &[(String, String)],
     texts: &[Option<String>],
     label_field: &str,
+    oos_label: &str,
 ) -> Option<LocalTier> {
     let stage = pipeline.stages.first()?;
     let local = stage.local.as_ref()?;
@@ -349,12 +350,16 @@ fn local_tier(
             }
         }
     }
+    // Top-1 over in-scope jobs: an out-of-scope one has no right label to predict.
+    let in_scope = gold.iter().filter(|(_, l)| l != oos_label).count();
     let top1 = gold
         .iter()
         .zip(texts)
         .filter(|((_, label), text)| {
-            text.as_deref()
-                .is_some_and(|t| local.classifier.predict(t).label == *label)
+            label != oos_label
+                && text
+                    .as_deref()
+                    .is_some_and(|t| local.classifier.predict(t).label == *label)
         })
         .count();
     let n = gold.len().max(1) as f64;
@@ -365,7 +370,7 @@ fn local_tier(
             0.0
         },
         coverage: finished as f64 / n,
-        top1_accuracy: top1 as f64 / n,
+        top1_accuracy: top1 as f64 / in_scope.max(1) as f64,
     })
 }
 
@@ -560,7 +565,14 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         let tally = run_variant(variant.clone(), &jobs, &bar).await?;
         tracing::info!(variant = name, elapsed = ?started.elapsed(), "evaluated");
         if name == "pipeline" {
-            local = local_tier(&variant, &tally, &gold, &texts, &options.label_field);
+            local = local_tier(
+                &variant,
+                &tally,
+                &gold,
+                &texts,
+                &options.label_field,
+                &options.oos_label,
+            );
             (oos, calibration) = oos_and_calibration(
                 &variant,
                 &tally,
