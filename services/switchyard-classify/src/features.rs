@@ -1,6 +1,7 @@
 //! TF-IDF features of a short text: lower-cased word unigrams and bigrams, and character
-//! 2- to 5-grams taken inside word boundaries (each word padded with a space), so misspellings
-//! and inflections still share features. Term frequency is sublinear (1 + ln tf), weighted by
+//! 2- to 5-grams over the whole lower-cased text (words joined by single spaces, padded at both
+//! ends), so misspellings and inflections still share features and grams also span word
+//! boundaries. Term frequency is sublinear (1 + ln tf), weighted by
 //! smoothed IDF, and each vector is L2-normalised. Vectors are sparse, sorted by index.
 
 use std::collections::HashMap;

@@ -150,10 +150,15 @@ pub async fn run(
         workers.spawn(async move {
             crate::ledger::run_sink(&kafka, &group, &topic, store.as_ref(), token)
                 .await
-                .map_err(crate::intake::WorkerError::Setup)
+                .map_err(|e| crate::intake::WorkerError::Setup(e.to_string()))
         });
     }
     let tenants = pipeline.tenants.clone().map(Arc::new);
+    let local_stage = pipeline
+        .stages
+        .iter()
+        .find(|s| s.local.is_some())
+        .map(|s| s.name.clone());
     for (i, stage) in pipeline.stages.iter().enumerate() {
         if !options.stages.is_empty() && !options.stages.iter().any(|s| *s == stage.name) {
             continue;
@@ -162,6 +167,7 @@ pub async fn run(
         let mut runner = StageRunner::new(stage.clone(), next, deps.clone(), tenants.clone())
             .map_err(|e| RunError::Setup(e.to_string()))?;
         runner.pipeline = pipeline.name.clone();
+        runner.local_stage = local_stage.clone();
         // Ordered pipelines run the later stages inline in the first stage's worker.
         let mut inline = Vec::new();
         if pipeline.ordering == crate::config::Ordering::Key && i == 0 {
@@ -170,6 +176,7 @@ pub async fn run(
                 let mut r = StageRunner::new(later.clone(), next, deps.clone(), tenants.clone())
                     .map_err(|e| RunError::Setup(e.to_string()))?;
                 r.pipeline = pipeline.name.clone();
+                r.local_stage = local_stage.clone();
                 inline.push(r);
             }
         }

@@ -5,7 +5,7 @@
 //! Against the simulator, each job carries its gold label in the `x-sim-oracle` metadata entry,
 //! which the simulated providers forward as a header (oracle mode): a simulated model answers
 //! right with probability equal to its reported, calibrated confidence. That measures the gate
-//! and the cascade, not any real model. With real providers (`--providers real`) the label stays
+//! and the cascade, not any real model. With real providers (`--real-providers`) the label stays
 //! in Switchyard and the models answer for themselves.
 
 use std::collections::{BTreeMap, HashSet};
@@ -221,7 +221,7 @@ impl EvalReport {
         }
         if let Some(l) = &self.local_tier {
             s.push_str(&format!(
-                "local tier: finished {:.1}% of jobs with no paid call, {:.3} accurate on those (classifier top-1 on all jobs: {:.3}, measured, not simulated)\n",
+                "local tier: finished {:.1}% of jobs with no paid call, {:.3} accurate on those (classifier top-1 on in-scope jobs: {:.3}, measured, not simulated)\n",
                 l.coverage * 100.0,
                 l.accuracy,
                 l.top1_accuracy

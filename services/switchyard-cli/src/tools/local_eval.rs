@@ -106,6 +106,35 @@ fn clinc(path: &PathBuf) -> anyhow::Result<Split> {
     Ok((train, test, texts("oos_train"), texts("oos_test")))
 }
 
+/// A test split: a CSV of `text,label`, or eval's JSON lines (`{"payload": {"text": …},
+/// "label": …}`).
+fn read_test(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    if path.extension().is_none_or(|e| e != "jsonl") {
+        return Ok(read_examples(path)?);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+            match (
+                v.pointer("/payload/text").and_then(|t| t.as_str()),
+                v["label"].as_str(),
+            ) {
+                (Some(t), Some(label)) => Ok((t.to_string(), label.to_string())),
+                _ => bail!(
+                    "{}:{}: a line needs payload.text and label",
+                    path.display(),
+                    i + 1
+                ),
+            }
+        })
+        .collect()
+}
+
 /// Runs the evaluation.
 pub fn run_local_eval(o: &LocalEvalOptions) -> anyhow::Result<LocalEvalReport> {
     let started = Instant::now();
@@ -117,7 +146,7 @@ pub fn run_local_eval(o: &LocalEvalOptions) -> anyhow::Result<LocalEvalReport> {
         };
         (
             read_examples(&o.train)?,
-            read_examples(test)?,
+            read_test(test)?,
             Vec::new(),
             Vec::new(),
         )

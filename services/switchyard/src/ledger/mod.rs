@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::envelope::{Attempt, DeadLetter, DeadLetterReason, EscalationReason, JobResult};
 use crate::ids::{JobId, StageName, TenantId};
 
-pub use sink::run_sink;
+pub use sink::{SinkError, run_sink};
 pub use store::{LedgerStore, MemoryLedger, PgLedger, StoreError};
 pub use usage::{GroupBy, UsageFigures, UsageReport, usage, usage_csv, usage_table};
 

@@ -12,6 +12,22 @@ use tokio_util::sync::CancellationToken;
 use super::{LedgerRecord, LedgerStore};
 use crate::kafka::KafkaSettings;
 
+/// Why the sink could not start consuming.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The consumer could not be created.
+    #[error("ledger sink: cannot create a consumer: {0}")]
+    Consumer(String),
+    /// The topic could not be subscribed to.
+    #[error("ledger sink: cannot subscribe to {topic}: {source}")]
+    Subscribe {
+        /// The ledger topic.
+        topic: String,
+        /// Why.
+        source: Box<rdkafka::error::KafkaError>,
+    },
+}
+
 /// Reads the ledger topic and writes it to `store` until `shutdown`. Batches of up to 500
 /// records or 200 ms; a failed write is retried (backoff up to 5 s) before offsets move.
 pub async fn run_sink(
@@ -20,20 +36,20 @@ pub async fn run_sink(
     topic: &str,
     store: &dyn LedgerStore,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SinkError> {
     let mut config = kafka.reader(group);
     // Offsets are committed by hand after each successful write; a long database outage must
     // not make the group evict the sink.
     config.set("max.poll.interval.ms", "86400000");
-    let consumer: StreamConsumer = config.create().map_err(|e| {
-        format!(
-            "ledger sink: cannot create a consumer: {}",
-            crate::kafka::error_text(&e)
-        )
-    })?;
+    let consumer: StreamConsumer = config
+        .create()
+        .map_err(|e| SinkError::Consumer(crate::kafka::error_text(&e)))?;
     consumer
         .subscribe(&[topic])
-        .map_err(|e| format!("ledger sink: cannot subscribe to {topic}: {e}"))?;
+        .map_err(|source| SinkError::Subscribe {
+            topic: topic.to_string(),
+            source: Box::new(source),
+        })?;
     tracing::info!(topic, group, "ledger sink consuming");
     let mut batch: Vec<LedgerRecord> = Vec::new();
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();

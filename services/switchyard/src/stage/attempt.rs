@@ -349,7 +349,12 @@ impl StageRunner {
                 .logprobs
                 .as_deref()
                 .and_then(|t| super::evidence::decision_probability(output, field, t)),
-            agreement: super::evidence::agreement(output, field, request.history),
+            agreement: super::evidence::agreement(
+                output,
+                field,
+                self.local_stage.as_deref(),
+                request.history,
+            ),
         }
     }
 

@@ -36,14 +36,21 @@ pub fn decision_probability(output: &Value, field: &str, tokens: &[TokenLogprob]
     any.then(|| sum.exp().clamp(0.0, 1.0))
 }
 
-/// Whether the local tier's label (in the escalation trail) agrees with the output's value of
-/// `field`; None when no earlier stage gave one.
-pub fn agreement(output: &Value, field: &str, history: &[EscalationStep]) -> Option<bool> {
+/// Whether the local tier's label (the escalation step that left stage `local`) agrees with
+/// the output's value of `field`; None without a local tier, or when it gave no label (it
+/// abstained as out of scope).
+pub fn agreement(
+    output: &Value,
+    field: &str,
+    local: Option<&str>,
+    history: &[EscalationStep],
+) -> Option<bool> {
     let mine = output.get(field)?;
+    let local = local?;
     history
         .iter()
-        .rev()
-        .find_map(|step| step.output.get(field).filter(|v| v.is_string()))
+        .find(|step| step.from_stage == local)
+        .and_then(|step| step.output.get(field).filter(|v| v.is_string()))
         .map(|theirs| theirs == mine)
 }
 
@@ -102,14 +109,23 @@ mod tests {
             confidence: Some(0.6),
         };
         let out = json!({"category": "card_arrival"});
+        let local = Some("local");
         assert_eq!(
-            agreement(&out, "category", &[step("card_arrival")]),
+            agreement(&out, "category", local, &[step("card_arrival")]),
             Some(true)
         );
         assert_eq!(
-            agreement(&out, "category", &[step("lost_or_stolen_card")]),
+            agreement(&out, "category", local, &[step("lost_or_stolen_card")]),
             Some(false)
         );
-        assert_eq!(agreement(&out, "category", &[]), None);
+        assert_eq!(agreement(&out, "category", local, &[]), None);
+        // Only the local tier counts: an earlier model stage's answer is no evidence.
+        let mut triage = step("card_arrival");
+        triage.from_stage = "triage".into();
+        assert_eq!(agreement(&out, "category", local, &[triage]), None);
+        assert_eq!(
+            agreement(&out, "category", None, &[step("card_arrival")]),
+            None
+        );
     }
 }

@@ -93,6 +93,8 @@ pub struct StageRunner {
     pub pipeline: String,
     /// The next stage's name, if any.
     pub next: Option<StageName>,
+    /// The pipeline's local-tier stage, if any (whose label `agreement` compares with).
+    pub local_stage: Option<StageName>,
     prompts: Prompts,
     validator: Validator,
     schema_text: String,
@@ -162,6 +164,7 @@ impl StageRunner {
         Ok(Self {
             stage,
             pipeline: String::new(),
+            local_stage: None,
             next,
             prompts,
             validator,
