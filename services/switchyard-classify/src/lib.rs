@@ -339,16 +339,25 @@ impl Classifier {
             / in_scope as f64;
         let ece = calibrate::ece(&judged);
 
+        let model = Softmax::train(&x.iter().collect::<Vec<_>>(), &y, k, dims, options.fit);
+        let examples = x.len();
+        // The training vectors move into their classes (kept for the novelty score); `at[i]`
+        // is where example `i` went.
         let mut by_class: Vec<Vec<Sparse>> = vec![Vec::new(); k];
-        for (xi, &c) in x.iter().zip(&y) {
-            by_class[c].push(xi.clone());
+        let mut at = Vec::with_capacity(examples);
+        for (xi, &c) in x.into_iter().zip(&y) {
+            at.push(by_class[c].len());
+            by_class[c].push(xi);
         }
         // The novelty cut: similarity of in-scope examples to the other examples of their
         // class, on a sample; the cut lets `in_scope_pass` of them through.
-        let mut sims: Vec<f32> = (0..x.len())
+        let mut sims: Vec<f32> = (0..examples)
             .filter(|&i| Some(y[i]) != none)
-            .step_by((x.len() / 3000).max(1))
-            .map(|i| nearest(&by_class[y[i]], &x[i], true))
+            .step_by((examples / 3000).max(1))
+            .map(|i| {
+                let class = &by_class[y[i]];
+                nearest(class, &class[at[i]], true)
+            })
             .collect();
         sims.sort_by(f32::total_cmp);
         let cut = ((1.0 - options.in_scope_pass.clamp(0.5, 1.0)) * sims.len() as f64) as usize;
@@ -366,9 +375,8 @@ impl Classifier {
                 Err(best) => (None, 0.0, 0.0, best),
             },
         };
-        let model = Softmax::train(&x.iter().collect::<Vec<_>>(), &y, k, dims, options.fit);
         let report = TrainReport {
-            examples: x.len(),
+            examples,
             labels: k - usize::from(none.is_some()),
             features: dims,
             folds,

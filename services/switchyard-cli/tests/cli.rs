@@ -4,16 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn copy_pipelines(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(&from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use switchyard_testkit::fixtures::copy_pipelines;
 
 fn validate(dir: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use switchyard::config::Pipeline;
 use switchyard::envelope::{Intake, now};
 use switchyard::kafka::KafkaSettings;
-use switchyard::kafka::client::{read_until, reader, send_all};
+use switchyard::kafka::client::send_all;
 
 use crate::harness::Harness;
 use crate::tally::Tally;
@@ -119,15 +119,9 @@ pub async fn collect(
     unnamed: usize,
     timeout: Duration,
 ) -> Tally {
-    let consumer = reader(kafka, &[&pipeline.topics.results, &pipeline.topics.dlq]).unwrap();
-    let mut tally = Tally::default();
-    let dlq = pipeline.topics.dlq.clone();
-    read_until(&consumer, timeout, |topic, payload| {
-        tally.add(topic == dlq, payload);
-        tally.finished_count(expected) == expected.len() && tally.dead_without_id.len() >= unnamed
-    })
-    .await;
-    tally
+    crate::harness::read_back(kafka, pipeline, expected, unnamed, timeout, |_, _| {})
+        .await
+        .unwrap()
 }
 
 /// An intake job for the support-triage pipeline.

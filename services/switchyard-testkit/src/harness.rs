@@ -118,7 +118,7 @@ impl Harness {
         readiness.wait_for(&self.stage_names(), wait).await
     }
 
-    /// Which stages own partitions now (for error messages).
+    /// The pipeline's stage names.
     pub fn stage_names(&self) -> Vec<String> {
         self.pipeline
             .stages
@@ -155,28 +155,45 @@ impl Harness {
         expected: &HashSet<String>,
         unnamed: usize,
         idle: Duration,
-        mut on_finished: impl FnMut(&str, usize),
+        on_finished: impl FnMut(&str, usize),
     ) -> anyhow::Result<Tally> {
-        let consumer = reader(
+        read_back(
             &self.kafka,
-            &[&self.pipeline.topics.results, &self.pipeline.topics.dlq],
+            &self.pipeline,
+            expected,
+            unnamed,
+            idle,
+            on_finished,
         )
-        .map_err(|e| anyhow!(e))?;
-        let dlq = self.pipeline.topics.dlq.clone();
-        let mut tally = Tally::default();
-        let mut done = 0usize;
-        read_until(&consumer, idle, |topic, payload| {
-            if let Some(id) = tally.add(topic == dlq, payload)
-                && expected.contains(&id)
-            {
-                done += 1;
-                on_finished(&id, done);
-            }
-            done >= expected.len() && tally.dead_without_id.len() >= unnamed
-        })
-        .await;
-        Ok(tally)
+        .await
     }
+}
+
+/// [`Harness::read_back`] against any broker holding `pipeline`'s topics (pipelines run by
+/// separate processes, say).
+pub async fn read_back(
+    kafka: &KafkaSettings,
+    pipeline: &Pipeline,
+    expected: &HashSet<String>,
+    unnamed: usize,
+    idle: Duration,
+    mut on_finished: impl FnMut(&str, usize),
+) -> anyhow::Result<Tally> {
+    let consumer = reader(kafka, &[&pipeline.topics.results, &pipeline.topics.dlq])?;
+    let dlq = pipeline.topics.dlq.clone();
+    let mut tally = Tally::default();
+    let mut done = 0usize;
+    read_until(&consumer, idle, |topic, payload| {
+        if let Some(id) = tally.add(topic == dlq, payload)
+            && expected.contains(&id)
+        {
+            done += 1;
+            on_finished(&id, done);
+        }
+        done >= expected.len() && tally.dead_without_id.len() >= unnamed
+    })
+    .await;
+    Ok(tally)
 }
 
 impl Drop for Harness {

@@ -145,6 +145,9 @@ fn oos_and_calibration(
     let mut oos = OosFigures::default();
     let mut by_stage: BTreeMap<String, Vec<(usize, f64, bool)>> = BTreeMap::new();
     for (id, label) in gold {
+        let out_of_scope = label == oos_label;
+        oos.queries += usize::from(out_of_scope);
+        // A dead-lettered job gave no answer: neither right nor wrong.
         let Some(r) = tally.results.get(id).and_then(|v| v.first()) else {
             continue;
         };
@@ -156,8 +159,7 @@ fn oos_and_calibration(
                 .or_default()
                 .push((0, c, right));
         }
-        if label == oos_label {
-            oos.queries += 1;
+        if out_of_scope {
             if local.as_deref() == Some(r.stage.as_str()) {
                 oos.taken_by_local += 1;
             }
@@ -182,10 +184,7 @@ fn oos_and_calibration(
             }
         })
         .collect();
-    (
-        gold.iter().any(|(_, l)| l == oos_label).then_some(oos),
-        calibration,
-    )
+    ((oos.queries > 0).then_some(oos), calibration)
 }
 
 /// Which simulator the figures come from.

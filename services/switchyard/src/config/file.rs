@@ -375,6 +375,13 @@ impl GateSpec {
             .or_else(|| self.escalate_if.first().map(|r| r.field.as_str()))
     }
 
+    /// Whether the gate reads evidence beyond the reported confidence (logprob, agreement).
+    pub fn uses_evidence(&self) -> bool {
+        self.confidence_from
+            .iter()
+            .any(|c| *c != ConfidenceSource::Reported)
+    }
+
     /// Whether calls should ask for token logprobs.
     pub fn wants_logprobs(&self) -> bool {
         self.confidence_from.contains(&ConfidenceSource::Logprob)

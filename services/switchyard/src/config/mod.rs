@@ -233,24 +233,16 @@ mod tests {
 
     /// Copies the shipped pipelines folder (pipelines refer to ../catalog.yaml) into `dest`.
     fn copy_pipelines(dest: &Path) -> std::path::PathBuf {
-        fn copy(from: &Path, to: &Path) {
-            std::fs::create_dir_all(to).unwrap();
-            for entry in std::fs::read_dir(from).unwrap() {
-                let entry = entry.unwrap();
-                let target = to.join(entry.file_name());
-                if entry.file_type().unwrap().is_dir() {
-                    copy(&entry.path(), &target);
-                } else {
-                    std::fs::copy(entry.path(), &target).unwrap();
-                }
-            }
-        }
-        let to = dest.join("pipelines");
-        copy(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines"),
-            &to,
-        );
-        to
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let ok = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&from)
+            .arg(dest)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cp -r {} {}", from.display(), dest.display());
+        dest.join("pipelines")
     }
 
     #[test]

@@ -150,7 +150,6 @@ impl Pipeline {
             let inputs = StageInputs {
                 dir,
                 path,
-                text,
                 spans: &spans,
                 catalog: &catalog,
                 catalog_path: &catalog_path,
@@ -340,7 +339,6 @@ fn check_catalog_providers(
 struct StageInputs<'a> {
     dir: &'a Path,
     path: &'a Path,
-    text: &'a str,
     spans: &'a Spans,
     catalog: &'a CatalogFile,
     catalog_path: &'a Path,
@@ -363,7 +361,6 @@ fn resolve_stage(
     let StageInputs {
         dir,
         path,
-        text,
         spans,
         catalog,
         catalog_path,
@@ -373,21 +370,21 @@ fn resolve_stage(
         escalate,
         name,
     } = *inputs;
-    let at = |needle: &str| line_of(text, needle);
     let stage_at = |rest: &[Step<'_>]| {
         let mut path = vec![Step::Key("stages"), Step::Index(index)];
         path.extend_from_slice(rest);
         spans.line(&path)
     };
     let stage_line = stage_at(&[]);
-    let read = |p: &Path, what: &str, errors: &mut Vec<ConfigError>| -> Option<String> {
+    // `key` is the stage's field naming the file: its line is the error's.
+    let read = |p: &Path, key: &str, what: &str, errors: &mut Vec<ConfigError>| {
         let full = dir.join(p);
         match std::fs::read_to_string(&full) {
             Ok(t) => Some(t),
             Err(e) => {
                 errors.push(err(
                     path,
-                    at(&p.display().to_string()),
+                    stage_at(&[Step::Key(key)]),
                     format!(
                         "stage `{}`: cannot read {what} {}: {e}",
                         s.name,
@@ -398,11 +395,11 @@ fn resolve_stage(
             }
         }
     };
-    let prompt = read(&s.prompt, "prompt", errors);
+    let prompt = read(&s.prompt, "prompt", "prompt", errors);
     let system_prompt = s
         .system_prompt
         .as_ref()
-        .and_then(|p| read(p, "system prompt", errors));
+        .and_then(|p| read(p, "system_prompt", "system prompt", errors));
     for (src, p) in [
         (&prompt, Some(&s.prompt)),
         (&system_prompt, s.system_prompt.as_ref()),
@@ -414,7 +411,7 @@ fn resolve_stage(
             errors.push(err(&full, e.line(), format!("template error: {e}")));
         }
     }
-    let schema = read(&s.output_schema, "output schema", errors).and_then(|t| {
+    let schema = read(&s.output_schema, "output_schema", "output schema", errors).and_then(|t| {
         let full = dir.join(&s.output_schema);
         match serde_json::from_str::<Value>(&t) {
             Ok(v) => match crate::envelope::compile_schema(&v) {
@@ -576,11 +573,7 @@ fn resolve_stage(
             format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
         ));
     }
-    let needs_decision = s
-        .gate
-        .confidence_from
-        .iter()
-        .any(|c| *c != ConfidenceSource::Reported);
+    let needs_decision = s.gate.uses_evidence();
     match s.gate.decision_field() {
         None if needs_decision => errors.push(err(
             path,

@@ -748,14 +748,6 @@ mod tests {
         assert!(
             matches!(&records[1], LedgerRecord::Job(j) if j.outcome == JobOutcome::Result && j.job_id == "job-9")
         );
-        // Published through the seam, in order.
-        for env in &c.envelopes {
-            shared
-                .output
-                .publish(env, &CancellationToken::new())
-                .await
-                .unwrap();
-        }
     }
 
     #[tokio::test]

@@ -341,7 +341,8 @@ impl StageRunner {
         completion: &Completion,
         request: &JobRequest<'_>,
     ) -> crate::gate::Evidence {
-        let Some(field) = self.stage.gate.decision_field() else {
+        let gate = &self.stage.gate;
+        let Some(field) = gate.decision_field().filter(|_| gate.uses_evidence()) else {
             return crate::gate::Evidence::default();
         };
         crate::gate::Evidence {
