@@ -10,7 +10,7 @@ use switchyard::kafka::client::{read_until, reader};
 use switchyard::output::replay::{Filter, list, plan_replay, read_picture, send};
 use switchyard_testkit::Harness;
 use switchyard_testkit::Tally;
-use switchyard_testkit::fixtures::{copy_pipelines, ids, job, quiet_profile, spawn_run};
+use switchyard_testkit::fixtures::{copy_llm_pipelines, ids, job, quiet_profile, spawn_run};
 
 fn sigterm(child: &std::process::Child) {
     Command::new("kill")
@@ -128,7 +128,7 @@ async fn sigterm_commits_and_a_restart_redoes_nothing() {
     profile.latency_scale = 0.05;
     let h = Harness::start(profile, 3).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipelines = copy_pipelines(dir.path());
+    let pipelines = copy_llm_pipelines(dir.path());
     let jobs: Vec<_> = (0..120)
         .map(|i| job(&format!("term-{i}"), &format!("ticket {i}")))
         .collect();
@@ -168,7 +168,7 @@ async fn replicas_joining_and_leaving_mid_run_lose_nothing() {
     profile.latency_scale = 0.3;
     let h = Harness::start(profile, 6).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipelines = copy_pipelines(dir.path());
+    let pipelines = copy_llm_pipelines(dir.path());
     let yaml = pipelines.join("support-triage/pipeline.yaml");
     let text = std::fs::read_to_string(&yaml).unwrap();
     std::fs::write(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_testkit::Harness;
-use switchyard_testkit::fixtures::{copy_pipelines, ids, job, quiet_profile, run_command};
+use switchyard_testkit::fixtures::{copy_llm_pipelines, ids, job, quiet_profile, run_command};
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -68,7 +68,7 @@ impl Browser {
         assert!(
             std::path::Path::new("/usr/bin/chromedriver").exists()
                 && std::path::Path::new("/usr/bin/chromium").exists(),
-            "this test drives Debian's headless Chromium: apt-get install chromium chromium-driver"
+            "this test drives Debian's headless Chromium and ChromeDriver, which are missing: run `bash scripts/test.sh` (it installs them)"
         );
         let port = free_port();
         let driver = Command::new("/usr/bin/chromedriver")
@@ -197,7 +197,7 @@ impl Browser {
 async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
     let h = Harness::start(quiet_profile(), 4).await;
     let tmp = tempfile::tempdir().unwrap();
-    let pipelines = copy_pipelines(tmp.path());
+    let pipelines = copy_llm_pipelines(tmp.path());
     let (metrics_port, admin_port) = (free_port(), free_port());
     let child = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

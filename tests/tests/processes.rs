@@ -11,7 +11,7 @@ use switchyard::config::Pipeline;
 use switchyard::kafka::client::{read_until, reader};
 use switchyard_testkit::Tally;
 use switchyard_testkit::fixtures::{
-    copy_pipelines, quiet_profile, spawn_run, switchyard_bin, test_kafka,
+    copy_llm_pipelines, quiet_profile, spawn_run, switchyard_bin, test_kafka,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +20,7 @@ async fn dev_broker_produce_and_run_as_separate_processes() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pipelines = copy_pipelines(dir.path());
+    let pipelines = copy_llm_pipelines(dir.path());
     let triage = pipelines.join("support-triage");
 
     let mut broker = Command::new(switchyard_bin())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use switchyard::kafka::client::{read_until, reader};
 use switchyard_testkit::Harness;
 use switchyard_testkit::Tally;
-use switchyard_testkit::fixtures::{copy_pipelines, ids, job, spawn_run};
+use switchyard_testkit::fixtures::{copy_llm_pipelines, ids, job, spawn_run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_and_restarted_pipeline_finishes_every_job() {
@@ -18,7 +18,7 @@ async fn killed_and_restarted_pipeline_finishes_every_job() {
     // A copy of the pipelines with a small in-flight cap, so the run lasts long enough to be
     // interrupted.
     let dir = tempfile::tempdir().unwrap();
-    let pipelines = copy_pipelines(dir.path());
+    let pipelines = copy_llm_pipelines(dir.path());
     let yaml = pipelines.join("support-triage/pipeline.yaml");
     let text = std::fs::read_to_string(&yaml).unwrap();
     let text = text

@@ -9,7 +9,7 @@ use switchyard::kafka::client::{read_until, reader};
 use switchyard::ledger::{LedgerStore, PgLedger};
 use switchyard_testkit::Harness;
 use switchyard_testkit::fixtures::{
-    Postgres, copy_pipelines, ids, job, quiet_profile, run_command,
+    Postgres, copy_llm_pipelines, ids, job, quiet_profile, run_command,
 };
 
 const SHARED: &str = "sk-scrub-shared-9f3a0c";
@@ -31,7 +31,7 @@ async fn no_key_value_appears_in_logs_topics_ledger_or_stats() {
     let h = Harness::start(profile, 2).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let pipelines = copy_pipelines(dir.path());
+    let pipelines = copy_llm_pipelines(dir.path());
     let providers = pipelines.join("providers.yaml");
     let text = std::fs::read_to_string(&providers).unwrap();
     let text = text

@@ -14,8 +14,10 @@ mkdir -p "$dest/$pipeline"
 cp "$root/pipelines/catalog.yaml" "$root/pipelines/providers.yaml" "$dest/"
 (
   cd "$root/pipelines/$pipeline"
-  # Everything the pipeline loads; eval/ data stays out (a ConfigMap holds at most 1 MiB).
-  find . -path ./eval -prune -o -type f -print | while read -r f; do
+  # Everything the pipeline loads; eval/ data stays out (a ConfigMap holds at most 1 MiB)
+  # except the local tier's training CSVs, which go in a ConfigMap of their own
+  # (templates/configmap-training.yaml).
+  { find . -path ./eval -prune -o -type f -print; find ./eval -name '*.csv' 2>/dev/null; } | while read -r f; do
     mkdir -p "$dest/$pipeline/$(dirname "$f")"
     cp "$f" "$dest/$pipeline/$f"
   done

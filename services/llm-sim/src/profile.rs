@@ -71,6 +71,15 @@ pub struct ModelProfile {
     /// model that says 0.95 when it is right 75% of the time). Token logprobs stay honest.
     #[serde(default)]
     pub overconfidence: f64,
+    /// Out-of-scope queries answered with a confident wrong intent: when the gold answer
+    /// (oracle mode) is `oos_label` for a field, this share of answers gives some other value
+    /// of that field instead, sure of it (confidence 0.90–0.99, in the reported field and in
+    /// the token logprobs alike: the model believes it).
+    #[serde(default)]
+    pub oos_confusion: f64,
+    /// The gold value that marks an out-of-scope query.
+    #[serde(default = "default_oos_label")]
+    pub oos_label: String,
     /// Fault rates for this model, whichever provider serves it.
     #[serde(default)]
     pub faults: FaultRates,
@@ -85,6 +94,10 @@ fn default_tps() -> f64 {
 
 fn default_accuracy() -> f64 {
     0.8
+}
+
+fn default_oos_label() -> String {
+    "none".into()
 }
 
 /// Model tier.
@@ -243,6 +256,15 @@ impl Profile {
     pub fn with_overconfidence(mut self, amount: f64) -> Self {
         for m in self.models.values_mut() {
             m.overconfidence = amount.clamp(0.0, 1.0);
+        }
+        self
+    }
+
+    /// Makes every model answer out-of-scope queries with a confident wrong intent this share
+    /// of the time (see [`ModelProfile::oos_confusion`]).
+    pub fn with_oos_confusion(mut self, amount: f64) -> Self {
+        for m in self.models.values_mut() {
+            m.oos_confusion = amount.clamp(0.0, 1.0);
         }
         self
     }

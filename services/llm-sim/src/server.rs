@@ -504,6 +504,19 @@ async fn simulate(
                 .clamp(0.01, 0.99)
         }
     });
+    // An out-of-scope query (the gold answer is the out-of-scope label) that this model
+    // confidently maps to some intent: wrong, and sure of it.
+    let confused = model.oos_confusion > 0.0
+        && oracle.as_ref().is_some_and(|g| {
+            g.values()
+                .any(|v| v.as_str() == Some(model.oos_label.as_str()))
+        })
+        && rng.random::<f64>() < model.oos_confusion;
+    let confidence = if confused {
+        0.90 + 0.09 * rng.random::<f64>()
+    } else {
+        confidence
+    };
     // What the model reports: its real probability of being right, pushed towards 1 by the
     // profile's overconfidence. Right answers and logprobs follow the real probability.
     let reported =
@@ -520,7 +533,7 @@ async fn simulate(
         (Some(s), _) => {
             let mut answer = generate::conforming(s, &mut rng, style);
             if let Some(gold) = &oracle {
-                let right = rng.random::<f64>() < confidence;
+                let right = !confused && rng.random::<f64>() < confidence;
                 generate::apply_gold(&mut answer, s, gold, right, &mut rng);
             }
             answer.to_string()

@@ -154,3 +154,64 @@ async fn a_key_over_its_rate_gets_429_with_retry_after_and_stats_report_it() {
     assert_eq!(k["configured_rpm"], 3);
     assert!(stats["peak_concurrency"].as_u64().unwrap() >= 1);
 }
+
+/// Out-of-scope queries: with `oos_confusion`, a model answers some intent instead of "none",
+/// sure of it in its reported confidence and its token logprobs alike; without it, it answers
+/// them like any other query (right with its accuracy).
+#[tokio::test]
+async fn out_of_scope_queries_get_confident_wrong_intents_when_the_profile_says_so() {
+    let profile = |confusion: f64| {
+        format!(
+            "seed: 5\nlatency_scale: 0\nmodels:\n  sim/small:\n    tier: cheap\n    accuracy: 0.99\n    oos_confusion: {confusion}\n"
+        )
+    };
+    let ask = |sim: &Sim, i: usize| {
+        let url = format!("{}/v1/chat/completions", sim.base);
+        let mut body = request();
+        body["messages"][0]["content"] = json!(format!("what is the meaning of life, take {i}"));
+        body["response_format"]["json_schema"]["schema"]["properties"]["category"]["enum"] =
+            json!(["lost_card", "card_arrival", "none"]);
+        body["logprobs"] = json!(true);
+        async move {
+            let r: Value = reqwest::Client::new()
+                .post(url)
+                .header("x-sim-oracle", r#"{"category": "none"}"#)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let answer: Value =
+                serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap())
+                    .unwrap();
+            let category_prob: f64 = r["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["logprob"].as_f64().unwrap())
+                .sum::<f64>()
+                .exp();
+            (answer, category_prob)
+        }
+    };
+    let confused = start(&profile(1.0));
+    for i in 0..10 {
+        let (answer, prob) = ask(&confused, i).await;
+        assert_ne!(answer["category"], "none", "{answer}");
+        assert!(answer["confidence"].as_f64().unwrap() >= 0.9, "{answer}");
+        assert!(prob >= 0.85, "the logprobs are sure too: {prob}");
+    }
+    let honest = start(&profile(0.0));
+    let mut right = 0;
+    for i in 0..10 {
+        if ask(&honest, i).await.0["category"] == "none" {
+            right += 1;
+        }
+    }
+    assert!(
+        right >= 9,
+        "{right} of 10 out-of-scope queries answered `none`"
+    );
+}

@@ -221,6 +221,10 @@ pub struct EvalArgs {
     /// 1 (0: calibrated; 0.8: overconfident). Their token logprobs stay honest.
     #[arg(long, default_value_t = 0.0)]
     pub sim_overconfidence: f64,
+    /// Simulated models answer this share of out-of-scope jobs (gold label `--oos-label`)
+    /// with some intent instead, sure of it in their reported confidence and logprobs alike.
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_oos_confusion: f64,
     /// Override every model stage's gate confidence sources (comma-separated: reported,
     /// logprob, agreement).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -228,6 +232,16 @@ pub struct EvalArgs {
     /// The gold label of out-of-scope jobs (reported under `oos` when the data has some).
     #[arg(long, default_value = "none")]
     pub oos_label: String,
+    /// Leave out the pipeline's local tier: measure its LLM stages' gates alone.
+    #[arg(long)]
+    pub llm_stages_only: bool,
+    /// Audit this share of the jobs each model stage with a next stage accepts (gate.audit).
+    #[arg(long)]
+    pub audit: Option<f64>,
+    /// Let the audits move those stages' thresholds toward this precision
+    /// (gate.target_precision; needs --audit).
+    #[arg(long, requires = "audit")]
+    pub target_precision: Option<f64>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -1015,9 +1029,13 @@ async fn eval(a: EvalArgs) -> anyhow::Result<()> {
         seed: a.seed,
         progress: !a.json,
         overconfidence: a.sim_overconfidence,
+        oos_confusion: a.sim_oos_confusion,
         confidence_from: (!a.confidence_from.is_empty())
             .then(|| a.confidence_from.iter().map(|c| (*c).into()).collect()),
         oos_label: a.oos_label,
+        llm_stages_only: a.llm_stages_only,
+        audit: a.audit,
+        target_precision: a.target_precision,
     })
     .await?;
     if a.json {

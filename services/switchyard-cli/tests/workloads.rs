@@ -108,7 +108,7 @@ fn the_local_tier_finishes_easy_tickets_without_a_paid_call() {
     let r = run(&[
         "eval",
         "--pipeline",
-        "pipelines/support-triage-tiered",
+        "pipelines/support-triage",
         "--data",
         "pipelines/support-triage/eval/banking77-test.jsonl",
         "--limit",
@@ -178,8 +178,9 @@ fn an_overconfident_model_fools_a_reported_confidence_gate_but_not_a_logprob_one
         args.extend_from_slice(extra);
         run(&args)
     };
-    let reported = eval(&[]);
-    let logprob = eval(&["--confidence-from", "logprob"]);
+    // The LLM stages alone: with the local tier in front, it would take most tickets.
+    let reported = eval(&["--llm-stages-only"]);
+    let logprob = eval(&["--llm-stages-only", "--confidence-from", "logprob"]);
     assert_eq!(reported["simulator"]["name"], "overconfident");
     assert_eq!(logprob["confidence_from"][0], "logprob");
     let esc = |r: &Value| r["pipeline"]["escalation_rate"].as_f64().unwrap();
@@ -193,4 +194,43 @@ fn an_overconfident_model_fools_a_reported_confidence_gate_but_not_a_logprob_one
         acc(&logprob) > acc(&reported) + 0.03,
         "{reported}\n{logprob}"
     );
+}
+
+#[test]
+fn audits_move_an_overconfident_stage_threshold_toward_the_target() {
+    // The cheap model says 0.95 whatever it knows; a gate that believes it accepts nearly
+    // everything at 0.68. Auditing every accepted ticket against the strong model shows the
+    // agreement is far below 0.9, so the threshold rises — and every move is in the ledger.
+    let r = run(&[
+        "eval",
+        "--pipeline",
+        "pipelines/support-triage",
+        "--data",
+        "pipelines/support-triage/eval/banking77-test.jsonl",
+        "--limit",
+        "300",
+        "--latency-scale",
+        "0",
+        "--sim-overconfidence",
+        "0.8",
+        "--llm-stages-only",
+        "--audit",
+        "1.0",
+        "--target-precision",
+        "0.9",
+        "--json",
+    ]);
+    let audits = r["audits"].as_array().unwrap();
+    let triage = audits.iter().find(|a| a["stage"] == "triage").unwrap();
+    let audited = triage["audited"].as_u64().unwrap();
+    assert!(audited > 100, "{r}");
+    // The audit says what the gate's input hides: the accepted answers agree with the strong
+    // model well under the target.
+    assert!(triage["upper"].as_f64().unwrap() < 0.9, "{r}");
+    assert!(triage["threshold_moves"].as_u64().unwrap() >= 1, "{r}");
+    let start = triage["threshold_start"].as_f64().unwrap();
+    let end = triage["threshold"].as_f64().unwrap();
+    assert!(end > start + 0.1, "{r}");
+    // Audit re-dos are paid calls, counted in the pipeline's cost.
+    assert!(triage["cost_micro_usd"].as_u64().unwrap() > 0, "{r}");
 }

@@ -52,13 +52,25 @@ pub fn test_kafka(bootstrap: &str) -> KafkaSettings {
 }
 
 impl Harness {
-    /// Starts a broker with the shipped support-triage pipeline's topics (`partitions` each)
-    /// and a simulator with `profile`, the pipeline's providers pointed at it.
+    /// Starts a broker with the shipped support-triage pipeline's LLM stages (see
+    /// [`Pipeline::llm_stages_only`]: every job reaches `triage`, so a test decides each job's fate with
+    /// prompt directives) on topics of `partitions` each, and a simulator with `profile`, the
+    /// pipeline's providers pointed at it.
     pub async fn start(profile: llm_sim::Profile, partitions: i32) -> Harness {
+        let pipeline = Pipeline::load(&triage_dir()).unwrap().llm_stages_only();
+        Harness::start_with(pipeline, profile, partitions).await
+    }
+
+    /// Starts a broker with `pipeline`'s topics (`partitions` each) and a simulator with
+    /// `profile`, the pipeline's providers pointed at it.
+    pub async fn start_with(
+        pipeline: Pipeline,
+        profile: llm_sim::Profile,
+        partitions: i32,
+    ) -> Harness {
         let sim = llm_sim::spawn(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
-        let pipeline = Pipeline::load(&triage_dir()).unwrap();
         Harness::new(pipeline, partitions, &test_kafka_options())
             .unwrap()
             .with_sim(sim)
@@ -177,6 +189,21 @@ pub fn copy_pipelines(dest: &Path) -> PathBuf {
     to
 }
 
+/// [`copy_pipelines`], with the support-triage copy's local-tier stage taken out: the
+/// `switchyard run` processes of a test then have the same stages as [`Harness::start`]'s
+/// in-process pipeline, and every job meets `triage` first, whatever its text.
+pub fn copy_llm_pipelines(dest: &Path) -> PathBuf {
+    let to = copy_pipelines(dest);
+    let yaml = to.join("support-triage/pipeline.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    let start = text
+        .find("  - name: local\n")
+        .expect("support-triage has a local stage");
+    let end = start + text[start..].find("  - name: triage\n").unwrap();
+    std::fs::write(&yaml, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    to
+}
+
 /// A `switchyard run` command for the support-triage pipeline in `pipelines`, its providers
 /// pointed at the simulator at `sim_base`; add environment or redirections before spawning.
 pub fn run_command(pipelines: &Path, bootstrap: &str, sim_base: &str) -> std::process::Command {
@@ -234,7 +261,7 @@ fn pg_bin() -> PathBuf {
         .unwrap_or_default();
     found.sort();
     found.pop().expect(
-        "PostgreSQL server binaries not found (install Debian's `postgresql`; .ci/run does)",
+        "PostgreSQL server binaries not found: run `bash scripts/test.sh` (it installs Debian's `postgresql`)",
     )
 }
 

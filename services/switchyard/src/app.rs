@@ -102,6 +102,7 @@ pub async fn run(
             .as_ref()
             .map(|o| o.telemetry())
             .unwrap_or_default(),
+        audits: Arc::default(),
     };
     let producer: FutureProducer = options.kafka.producer().create().map_err(|e| {
         RunError::Setup(format!(
@@ -113,6 +114,7 @@ pub async fn run(
     let output: Arc<dyn crate::output::Publisher> = Arc::new(Output::new(producer));
     if let Some(ops) = &options.ops {
         ops.set_health(deps.health.clone());
+        ops.set_audits(deps.audits.clone());
     }
 
     // Keep this replica's share of the provider quotas in step with its partitions.

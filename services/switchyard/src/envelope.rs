@@ -145,6 +145,9 @@ pub enum EscalationReason {
     Rule,
     /// The output broke the schema even after the repair re-ask.
     SchemaInvalid,
+    /// Not an escalation: a shadow copy of a job the stage accepted (its result is already
+    /// out), for the next stage to re-do and compare (`gate.audit`).
+    Audit,
 }
 
 impl EscalationReason {
@@ -154,6 +157,7 @@ impl EscalationReason {
             EscalationReason::LowConfidence => "low_confidence",
             EscalationReason::Rule => "rule",
             EscalationReason::SchemaInvalid => "schema_invalid",
+            EscalationReason::Audit => "audit",
         }
     }
 }
@@ -291,6 +295,8 @@ pub enum JobEnd {
     Escalated,
     /// Dead-lettered.
     DeadLetter,
+    /// A shadow copy re-done for an audit: recorded, nothing published.
+    Audited,
 }
 
 impl JobEnd {
@@ -300,6 +306,7 @@ impl JobEnd {
             JobEnd::Result => "result",
             JobEnd::Escalated => "escalated",
             JobEnd::DeadLetter => "dead_letter",
+            JobEnd::Audited => "audited",
         }
     }
 }

@@ -63,10 +63,17 @@ pub fn confidence(spec: &GateSpec, output: &Value, evidence: &Evidence) -> Optio
     }
 }
 
-/// Decides for one output. `has_next` says whether a later stage exists.
-pub fn judge(spec: &GateSpec, output: &Value, has_next: bool, evidence: &Evidence) -> Verdict {
+/// Decides for one output. `has_next` says whether a later stage exists; `threshold` is the
+/// confidence threshold in force (`min_confidence`, or where `target_precision` moved it).
+pub fn judge(
+    spec: &GateSpec,
+    threshold: Option<f64>,
+    output: &Value,
+    has_next: bool,
+    evidence: &Evidence,
+) -> Verdict {
     let mut unsatisfied: Option<(EscalationReason, String)> = None;
-    if let Some(min) = spec.min_confidence {
+    if let Some(min) = threshold {
         match confidence(spec, output, evidence) {
             Some(c) if c >= min => {}
             Some(c) => {
@@ -114,7 +121,8 @@ fn describe(rule: &Rule, output: &Value) -> String {
     }
 }
 
-fn lookup<'a>(value: &'a Value, dotted: &str) -> Option<&'a Value> {
+/// The value at a dotted field path of an output (`category`, `ticket.category`).
+pub fn lookup<'a>(value: &'a Value, dotted: &str) -> Option<&'a Value> {
     dotted.split('.').try_fold(value, |v, key| v.get(key))
 }
 
@@ -144,7 +152,7 @@ mod tests {
             ],
             at_last_stage: LastStagePolicy::Review,
             confidence_from: vec![ConfidenceSource::Reported],
-            decision_field: None,
+            ..GateSpec::default()
         }
     }
 
@@ -152,7 +160,13 @@ mod tests {
     fn confident_and_harmless_is_accepted() {
         let out = json!({"confidence": 0.9, "urgency": "low", "category": "card_arrival"});
         assert_eq!(
-            judge(&spec(), &out, true, &Evidence::default()),
+            judge(
+                &spec(),
+                spec().min_confidence,
+                &out,
+                true,
+                &Evidence::default()
+            ),
             Verdict::Accept
         );
     }
@@ -160,7 +174,13 @@ mod tests {
     #[test]
     fn low_confidence_escalates_with_the_numbers() {
         let out = json!({"confidence": 0.5, "urgency": "low", "category": "x"});
-        match judge(&spec(), &out, true, &Evidence::default()) {
+        match judge(
+            &spec(),
+            spec().min_confidence,
+            &out,
+            true,
+            &Evidence::default(),
+        ) {
             Verdict::Escalate { reason, detail } => {
                 assert_eq!(reason, EscalationReason::LowConfidence);
                 assert_eq!(detail, "confidence 0.50 is below 0.70");
@@ -174,7 +194,13 @@ mod tests {
         let out =
             json!({"confidence": 0.99, "urgency": "normal", "category": "lost_or_stolen_card"});
         assert!(matches!(
-            judge(&spec(), &out, true, &Evidence::default()),
+            judge(
+                &spec(),
+                spec().min_confidence,
+                &out,
+                true,
+                &Evidence::default()
+            ),
             Verdict::Escalate {
                 reason: EscalationReason::Rule,
                 ..
@@ -182,7 +208,13 @@ mod tests {
         ));
         let out = json!({"confidence": 0.99, "urgency": "high", "category": "x"});
         assert!(matches!(
-            judge(&spec(), &out, true, &Evidence::default()),
+            judge(
+                &spec(),
+                spec().min_confidence,
+                &out,
+                true,
+                &Evidence::default()
+            ),
             Verdict::Escalate {
                 reason: EscalationReason::Rule,
                 ..
@@ -194,13 +226,19 @@ mod tests {
     fn last_stage_reviews_or_rejects_by_policy() {
         let out = json!({"confidence": 0.2});
         assert!(matches!(
-            judge(&spec(), &out, false, &Evidence::default()),
+            judge(
+                &spec(),
+                spec().min_confidence,
+                &out,
+                false,
+                &Evidence::default()
+            ),
             Verdict::Review { .. }
         ));
         let mut s = spec();
         s.at_last_stage = LastStagePolicy::DeadLetter;
         assert!(matches!(
-            judge(&s, &out, false, &Evidence::default()),
+            judge(&s, s.min_confidence, &out, false, &Evidence::default()),
             Verdict::Reject { .. }
         ));
     }
@@ -209,12 +247,21 @@ mod tests {
     fn missing_confidence_is_not_trusted() {
         let out = json!({"urgency": "low"});
         assert!(matches!(
-            judge(&spec(), &out, true, &Evidence::default()),
+            judge(
+                &spec(),
+                spec().min_confidence,
+                &out,
+                true,
+                &Evidence::default()
+            ),
             Verdict::Escalate { .. }
         ));
         let mut s = spec();
         s.min_confidence = None;
-        assert_eq!(judge(&s, &out, true, &Evidence::default()), Verdict::Accept);
+        assert_eq!(
+            judge(&s, s.min_confidence, &out, true, &Evidence::default()),
+            Verdict::Accept
+        );
     }
 
     #[test]
@@ -228,7 +275,7 @@ mod tests {
             one_of: None,
         }];
         assert!(matches!(
-            judge(&s, &out, true, &Evidence::default()),
+            judge(&s, s.min_confidence, &out, true, &Evidence::default()),
             Verdict::Escalate { .. }
         ));
     }
@@ -246,7 +293,7 @@ mod tests {
         };
         assert_eq!(confidence(&s, &out, &unsure), Some(0.55));
         assert!(matches!(
-            judge(&s, &out, true, &unsure),
+            judge(&s, s.min_confidence, &out, true, &unsure),
             Verdict::Escalate {
                 reason: EscalationReason::LowConfidence,
                 ..
@@ -262,7 +309,10 @@ mod tests {
             logprob: Some(0.97),
             agreement: Some(true),
         };
-        assert_eq!(judge(&s, &out, true, &agreed), Verdict::Accept);
+        assert_eq!(
+            judge(&s, s.min_confidence, &out, true, &agreed),
+            Verdict::Accept
+        );
         // No evidence at all (a provider without logprobs): the reported confidence counts.
         assert_eq!(confidence(&s, &out, &Evidence::default()), Some(0.99));
     }

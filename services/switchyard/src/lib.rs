@@ -16,7 +16,8 @@
 //! - [`intake`]: Kafka only — receive, decode to a typed [`envelope::Job`], run the stage, hand
 //!   the outcome to [`output`], store the offset.
 //! - [`stage`]: one job through one stage: prompt, the attempt loop, validation, repair.
-//! - [`gate`]: the pure verdict on a validated output.
+//! - [`gate`]: the pure verdict on a validated output; [`audit`]: audited precision of
+//!   accepted answers and the thresholds `target_precision` moves.
 //! - [`route`]: the pure plan of candidates, and endpoint health with circuit breakers.
 //! - [`provider`]: one file per API family behind the [`provider::ProviderApi`] trait.
 //! - [`limit`]: rates, concurrency and key standing; tenant budgets.
@@ -30,6 +31,7 @@
 //! loading checks templates and trains the local tier, so errors point at the file and line.
 
 pub mod app;
+pub mod audit;
 /// The local tier's model (its own crate, built optimised even in test builds).
 pub use switchyard_classify as classify;
 pub mod config;

@@ -46,12 +46,24 @@ files/pipelines/ of the chart, then pipeline.extraFiles on top.
 {{- define "switchyard.configFiles" -}}
 {{- $files := dict -}}
 {{- range $path, $bytes := .Files.Glob "files/pipelines/**" -}}
+{{- if not (hasSuffix ".csv" $path) -}}
 {{- $_ := set $files (trimPrefix "files/pipelines/" $path) ($.Files.Get $path) -}}
+{{- end -}}
 {{- end -}}
 {{- range $path, $content := .Values.pipeline.extraFiles -}}
 {{- $_ := set $files $path $content -}}
 {{- end -}}
 {{- /* toYaml drops the text's last newline, which would cut the last file's final newline. */ -}}
+{{- printf "%s\n" (toYaml $files) -}}
+{{- end -}}
+
+{{/* The local tier's training data (CSV files): a ConfigMap of their own, as together with
+the rest they would pass the 1 MiB a ConfigMap holds. */}}
+{{- define "switchyard.trainingFiles" -}}
+{{- $files := dict -}}
+{{- range $path, $bytes := .Files.Glob "files/pipelines/**.csv" -}}
+{{- $_ := set $files (trimPrefix "files/pipelines/" $path) ($.Files.Get $path) -}}
+{{- end -}}
 {{- printf "%s\n" (toYaml $files) -}}
 {{- end -}}
 
@@ -63,13 +75,25 @@ files/pipelines/ of the chart, then pipeline.extraFiles on top.
 {{/* The pipelines volume: the ConfigMap's flat keys laid out as the folder tree again. */}}
 {{- define "switchyard.pipelinesVolume" -}}
 - name: pipelines
-  configMap:
-    name: {{ include "switchyard.fullname" . }}-pipelines
-    items:
-    {{- range $path, $_ := (include "switchyard.configFiles" . | fromYaml) }}
-      - key: {{ include "switchyard.configKey" $path }}
-        path: {{ $path }}
-    {{- end }}
+  projected:
+    sources:
+      - configMap:
+          name: {{ include "switchyard.fullname" . }}-pipelines
+          items:
+          {{- range $path, $_ := (include "switchyard.configFiles" . | fromYaml) }}
+            - key: {{ include "switchyard.configKey" $path }}
+              path: {{ $path }}
+          {{- end }}
+      {{- $training := include "switchyard.trainingFiles" . | fromYaml }}
+      {{- if $training }}
+      - configMap:
+          name: {{ include "switchyard.fullname" . }}-training
+          items:
+          {{- range $path, $_ := $training }}
+            - key: {{ include "switchyard.configKey" $path }}
+              path: {{ $path }}
+          {{- end }}
+      {{- end }}
 {{- end -}}
 
 {{/* Consumer group of a stage: <groupPrefix>.<pipeline>.<stage>. Argument: (list $ stageName). */}}

@@ -259,10 +259,10 @@ pub fn ascii_json(v: &Value) -> String {
     out
 }
 
-/// The default part size: the first stage's smallest context window (≈ 4 characters a
+/// The default part size: the first LLM stage's smallest context window (≈ 4 characters a
 /// token) less the prompt template, the schema and the answer, with a fifth to spare.
 fn default_chunk_chars(pipeline: &Pipeline) -> usize {
-    let Some(stage) = pipeline.stages.first() else {
+    let Some(stage) = pipeline.stages.iter().find(|s| !s.models.is_empty()) else {
         return 40_000;
     };
     let window = stage
@@ -313,7 +313,7 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
         .unwrap_or_else(|| default_chunk_chars(&pipeline));
     let oracle = !options.real_providers;
     let sim = if oracle {
-        Some(oracle_sim(&mut pipeline, options.latency_scale, None, 0.0).await?)
+        Some(oracle_sim(&mut pipeline, options.latency_scale, None, 0.0, 0.0).await?)
     } else {
         None
     };
@@ -374,7 +374,7 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} parts  {per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let tally = run_variant(pipeline.clone(), &jobs, &bar).await?;
+    let (tally, _) = run_variant(pipeline.clone(), &jobs, &bar).await?;
     bar.finish_and_clear();
     if let Some(sim) = sim {
         sim.stop().await;

@@ -77,8 +77,8 @@ fn stage_scenario(
     match scenario {
         None => {}
         Some(Scenario::Outage) => {
-            // Make simcloud the first choice of triage, so its outage is felt.
-            if let Some(s) = pipeline.stages.first_mut() {
+            // Make simcloud the first choice of the first LLM stage, so its outage is felt.
+            if let Some(s) = pipeline.stages.iter_mut().find(|s| !s.models.is_empty()) {
                 s.route.provider.order = vec!["simcloud".into()];
             }
         }
@@ -108,7 +108,7 @@ fn stage_scenario(
                 .entry("simcloud".into())
                 .or_default()
                 .latency_multiplier = 40.0;
-            if let Some(s) = pipeline.stages.first_mut() {
+            if let Some(s) = pipeline.stages.iter_mut().find(|s| !s.models.is_empty()) {
                 s.route.provider.order = vec!["simcloud".into()];
                 s.route.timeout = Duration::from_millis(400);
             }

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use switchyard::config::{ConfidenceSource, Pipeline};
 use switchyard::envelope::{Intake, now};
+use switchyard::ledger::{AuditedStage, MemoryLedger};
 use switchyard_testkit::{Harness, Tally};
 
 /// The metadata entry (and header) that carries the gold answer to the simulator.
@@ -47,10 +48,30 @@ pub struct EvalOptions {
     pub progress: bool,
     /// Simulated models overstate their confidence by this much (0: calibrated).
     pub overconfidence: f64,
+    /// Simulated models answer this share of out-of-scope jobs with a confident wrong intent.
+    pub oos_confusion: f64,
     /// Override every model stage's gate confidence sources.
     pub confidence_from: Option<Vec<ConfidenceSource>>,
     /// The gold label of out-of-scope jobs (answering anything else for them is wrong).
     pub oos_label: String,
+    /// Leave out the local tier.
+    pub llm_stages_only: bool,
+    /// Set `gate.audit` on every model stage that has a next stage.
+    pub audit: Option<f64>,
+    /// Set `gate.target_precision` on those stages.
+    pub target_precision: Option<f64>,
+}
+
+/// One stage's audits in the pipeline run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AuditSummary {
+    /// Audits, agreement, Wilson interval, the threshold at the end and its moves.
+    #[serde(flatten)]
+    pub figures: AuditedStage,
+    /// Threshold at the start.
+    pub threshold_start: Option<f64>,
+    /// What the audit re-dos cost (included in the pipeline row's cost).
+    pub cost_micro_usd: u64,
 }
 
 /// One row of the report.
@@ -99,6 +120,8 @@ pub struct EvalReport {
     pub oos: Option<OosFigures>,
     /// Calibration of each stage's confidence on the jobs it finished, in the pipeline run.
     pub calibration: Vec<StageCalibration>,
+    /// Audited stages in the pipeline run (gate.audit).
+    pub audits: Vec<AuditSummary>,
 }
 
 /// The pipeline's out-of-scope jobs.
@@ -194,6 +217,8 @@ pub struct SimulatorVariant {
     pub name: String,
     /// How far reported confidence is pushed towards 1.
     pub overconfidence: f64,
+    /// Share of out-of-scope jobs answered with a confident wrong intent.
+    pub oos_confusion: f64,
 }
 
 impl EvalReport {
@@ -240,6 +265,21 @@ impl EvalReport {
             s.push_str(&format!(
                 "calibration of {}: {} jobs, accuracy {:.3}, mean confidence {:.3}, ECE {:.3}\n",
                 c.stage, c.jobs, c.accuracy, c.mean_confidence, c.ece
+            ));
+        }
+        for a in &self.audits {
+            let f = &a.figures;
+            s.push_str(&format!(
+                "audits of {}: {} re-done by the next stage, {:.3} agreed (95% interval {:.3}–{:.3}); threshold {} → {} in {} moves; audits cost ${:.4} (in the pipeline row)\n",
+                f.stage,
+                f.audited,
+                f.precision,
+                f.lower,
+                f.upper,
+                a.threshold_start.map_or("—".into(), |t| format!("{t:.3}")),
+                f.threshold.map_or("—".into(), |t| format!("{t:.3}")),
+                f.threshold_moves,
+                a.cost_micro_usd as f64 / 1e6
             ));
         }
         s.push_str(&format!(
@@ -425,9 +465,9 @@ pub(crate) async fn run_variant(
     pipeline: Pipeline,
     jobs: &[Intake],
     progress: &ProgressBar,
-) -> anyhow::Result<Tally> {
-    let mut harness = Harness::new(pipeline, 8, &[])?
-        .with_ledger(Arc::new(switchyard::ledger::MemoryLedger::default()));
+) -> anyhow::Result<(Tally, Arc<MemoryLedger>)> {
+    let ledger = Arc::new(MemoryLedger::default());
+    let mut harness = Harness::new(pipeline, 8, &[])?.with_ledger(ledger.clone());
     if !harness
         .start_stages("switchyard-eval", Duration::from_secs(30))
         .await
@@ -441,6 +481,18 @@ pub(crate) async fn run_variant(
             progress.inc(1)
         })
         .await?;
+    // Audit copies finish after the results they shadow: wait until the ledger is quiet.
+    let mut last = (usize::MAX, 0);
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = (ledger.attempts().len(), ledger.audits().len());
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
     if let Err(e) = harness.stop_stages().await {
         tracing::warn!(error = %format!("{e:#}"), "pipeline stopped with an error");
     }
@@ -451,7 +503,7 @@ pub(crate) async fn run_variant(
             expected.len()
         );
     }
-    Ok(tally)
+    Ok((tally, ledger))
 }
 
 /// Starts the in-process simulator in oracle mode and points the pipeline's providers at it,
@@ -461,8 +513,11 @@ pub(crate) async fn oracle_sim(
     latency_scale: f64,
     seed: Option<u64>,
     overconfidence: f64,
+    oos_confusion: f64,
 ) -> anyhow::Result<llm_sim::SimServer> {
-    let mut profile = llm_sim::Profile::default_profile()?.with_overconfidence(overconfidence);
+    let mut profile = llm_sim::Profile::default_profile()?
+        .with_overconfidence(overconfidence)
+        .with_oos_confusion(oos_confusion);
     profile.latency_scale = latency_scale;
     if let Some(seed) = seed {
         profile.seed = seed;
@@ -480,6 +535,26 @@ pub(crate) async fn oracle_sim(
 /// Runs the evaluation.
 pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
     let mut pipeline = Pipeline::load(&options.pipeline).map_err(|e| anyhow!("{e}"))?;
+    if options.llm_stages_only {
+        pipeline = pipeline.llm_stages_only();
+    }
+    let last = pipeline.stages.len().saturating_sub(1);
+    for s in pipeline
+        .stages
+        .iter_mut()
+        .take(last)
+        .filter(|s| s.local.is_none())
+    {
+        if let Some(rate) = options.audit {
+            s.gate.audit = Some(rate);
+            if s.gate.decision_field.is_none() {
+                s.gate.decision_field = Some(options.label_field.clone());
+            }
+        }
+        if options.target_precision.is_some() && s.gate.min_confidence.is_some() {
+            s.gate.target_precision = options.target_precision;
+        }
+    }
     if let Some(sources) = &options.confidence_from {
         for s in pipeline.stages.iter_mut().filter(|s| s.local.is_none()) {
             s.gate.confidence_from = sources.clone();
@@ -503,6 +578,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
                 options.latency_scale,
                 Some(options.seed),
                 options.overconfidence,
+                options.oos_confusion,
             )
             .await?,
         )
@@ -554,16 +630,22 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         .collect();
     let mut rows = Vec::new();
     let mut local = None;
-    let (mut oos, mut calibration) = (None, Vec::new());
+    let (mut oos, mut calibration, mut audits) = (None, Vec::new(), Vec::new());
     for (name, variant) in ["pipeline", "cheap-only", "strong-only"]
         .into_iter()
         .zip(variants(&pipeline)?)
     {
         bar.set_message(name);
         let started = Instant::now();
-        let tally = run_variant(variant.clone(), &jobs, &bar).await?;
+        let (tally, ledger) = run_variant(variant.clone(), &jobs, &bar).await?;
         tracing::info!(variant = name, elapsed = ?started.elapsed(), "evaluated");
+        let (mut row, _) = score(&tally, &gold, &options.label_field);
         if name == "pipeline" {
+            audits = audit_summaries(&variant, &ledger);
+            // Audits are paid calls too: the pipeline's cost includes them.
+            let audit_cost: u64 = audits.iter().map(|a| a.cost_micro_usd).sum();
+            row.cost_micro_usd += audit_cost;
+            row.cost_usd += audit_cost as f64 / 1e6 / row.jobs.max(1) as f64;
             local = local_tier(
                 &variant,
                 &tally,
@@ -580,7 +662,7 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
                 &options.oos_label,
             );
         }
-        rows.push(score(&tally, &gold, &options.label_field).0);
+        rows.push(row);
     }
     bar.finish_and_clear();
     if let Some(sim) = sim {
@@ -601,15 +683,61 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
         oos,
         calibration,
         simulator: oracle.then(|| SimulatorVariant {
-            name: if options.overconfidence > 0.0 {
-                "overconfident".into()
-            } else {
-                "calibrated".into()
+            name: match (options.overconfidence > 0.0, options.oos_confusion > 0.0) {
+                (false, false) => "calibrated".into(),
+                (true, false) => "overconfident".into(),
+                (false, true) => "oos-confused".into(),
+                (true, true) => "overconfident,oos-confused".into(),
             },
             overconfidence: options.overconfidence,
+            oos_confusion: options.oos_confusion,
         }),
         confidence_from,
+        audits,
     })
+}
+
+/// Each audited stage's audits, as the pipeline run's ledger recorded them.
+fn audit_summaries(pipeline: &Pipeline, ledger: &MemoryLedger) -> Vec<AuditSummary> {
+    let audits = ledger.audits();
+    let moves = ledger.threshold_moves();
+    let attempts = ledger.attempts();
+    pipeline
+        .stages
+        .iter()
+        .filter(|s| s.gate.audit.is_some())
+        .map(|s| {
+            let mine: Vec<_> = audits.iter().filter(|a| a.stage == s.name).collect();
+            let audited = mine.iter().filter(|a| a.agreed.is_some()).count() as u64;
+            let agreed = mine.iter().filter(|a| a.agreed == Some(true)).count() as u64;
+            let audited_jobs: HashSet<(&str, &str)> = mine
+                .iter()
+                .map(|a| (a.job_id.as_str(), a.auditor.as_str()))
+                .collect();
+            let my_moves: Vec<_> = moves
+                .iter()
+                .filter(|m| m.change.stage == s.name.as_str())
+                .collect();
+            let mut figures =
+                AuditedStage::new(pipeline.name.clone(), s.name.to_string(), audited, agreed);
+            figures.threshold = my_moves
+                .last()
+                .map(|m| m.change.to)
+                .or(s.gate.min_confidence);
+            figures.threshold_moves = my_moves.len() as u64;
+            AuditSummary {
+                figures,
+                threshold_start: s.gate.min_confidence,
+                cost_micro_usd: attempts
+                    .iter()
+                    .filter(|a| {
+                        audited_jobs.contains(&(a.job_id.as_str(), a.attempt.stage.as_str()))
+                    })
+                    .map(|a| a.attempt.cost_micro_usd.0)
+                    .sum(),
+            }
+        })
+        .collect()
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

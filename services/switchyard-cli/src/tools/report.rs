@@ -374,6 +374,8 @@ fn record_time(r: &LedgerRecord) -> OffsetDateTime {
     match r {
         LedgerRecord::Attempt(a) => a.at,
         LedgerRecord::Job(j) => j.at,
+        LedgerRecord::Audit(a) => a.at,
+        LedgerRecord::ThresholdMove(m) => m.at,
     }
 }
 
@@ -912,6 +914,7 @@ pub async fn narrate(pipeline: &Pipeline, a: &Aggregates) -> Narrative {
         health: Arc::new(Health::new(BreakerConfig::default())),
         spend: Arc::new(Spend::default()),
         telemetry: Telemetry::default(),
+        audits: Arc::default(),
     };
     let runner = match StageRunner::new(stage, None, deps, None) {
         Ok(r) => r,

@@ -349,7 +349,23 @@ pub struct GateSpec {
     /// defaults to the first `escalate_if` rule's field.
     #[serde(default)]
     pub decision_field: Option<String>,
+    /// Share of the jobs this stage accepts (0..1) that the next stage also runs, as a shadow:
+    /// its answer is compared with this stage's decision and recorded in the ledger as an
+    /// audit; nothing of it is published. Measures the stage's precision on live traffic.
+    #[serde(default)]
+    pub audit: Option<f64>,
+    /// The precision this stage's accepted answers should reach: the audits move
+    /// `min_confidence` (up when they show less, down in small steps when they show more),
+    /// within `threshold_bounds`. Needs `audit` and `min_confidence`.
+    #[serde(default)]
+    pub target_precision: Option<f64>,
+    /// Lowest and highest threshold `target_precision` may set (default 0.5 and 0.99).
+    #[serde(default)]
+    pub threshold_bounds: Option<[f64; 2]>,
 }
+
+/// Threshold bounds when `target_precision` is set without `threshold_bounds`.
+pub const DEFAULT_THRESHOLD_BOUNDS: [f64; 2] = [0.5, 0.99];
 
 /// A source of confidence for the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,6 +402,11 @@ impl GateSpec {
     pub fn wants_logprobs(&self) -> bool {
         self.confidence_from.contains(&ConfidenceSource::Logprob)
     }
+
+    /// The bounds `target_precision` moves the threshold within.
+    pub fn bounds(&self) -> [f64; 2] {
+        self.threshold_bounds.unwrap_or(DEFAULT_THRESHOLD_BOUNDS)
+    }
 }
 
 impl Default for GateSpec {
@@ -397,6 +418,9 @@ impl Default for GateSpec {
             at_last_stage: LastStagePolicy::Review,
             confidence_from: default_confidence_from(),
             decision_field: None,
+            audit: None,
+            target_precision: None,
+            threshold_bounds: None,
         }
     }
 }

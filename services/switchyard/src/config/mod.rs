@@ -192,6 +192,24 @@ pub struct Pipeline {
     pub ordering: Ordering,
 }
 
+impl Pipeline {
+    /// This pipeline without its leading local-tier stages: the remaining stages move up, each
+    /// taking the position and input topic of the stage it replaces (the first that calls
+    /// models reads the intake topic), as if the file had no local stage. For studying the LLM
+    /// stages alone (tests of routing, fallback and delivery, where what a job meets first
+    /// must be an LLM stage whatever its text).
+    pub fn llm_stages_only(mut self) -> Pipeline {
+        let locals = self.stages.iter().take_while(|s| s.local.is_some()).count();
+        let topics: Vec<String> = self.stages.iter().map(|s| s.input_topic.clone()).collect();
+        self.stages.drain(..locals);
+        for (i, s) in self.stages.iter_mut().enumerate() {
+            s.index = i;
+            s.input_topic = topics[i].clone();
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::resolve::url_path;

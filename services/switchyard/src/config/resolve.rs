@@ -166,6 +166,17 @@ impl Pipeline {
                 &mut used_providers,
                 &mut errors,
             ));
+            let is_last = index + 1 == file.stages.len();
+            check_audit(&s.gate, &s.name, is_last, file.ordering, |key| {
+                spans.line(&[
+                    Step::Key("stages"),
+                    Step::Index(index),
+                    Step::Key("gate"),
+                    Step::Key(key),
+                ])
+            })
+            .into_iter()
+            .for_each(|(line, message)| errors.push(err(path, line, message)));
         }
 
         {
@@ -451,8 +462,7 @@ fn resolve_stage(
                 .map(|rows| rows.into_iter().map(|(t, _)| t).collect()),
         };
         match oos.and_then(|oos| {
-            crate::classify::read_examples(&train)
-                .and_then(|rows| crate::classify::Classifier::train_with_oos(&rows, &oos, options))
+            crate::classify::read_examples(&train).and_then(|rows| trained(&rows, &oos, options))
         }) {
             Ok(c) => Some(LocalStage {
                 classifier: {
@@ -462,7 +472,7 @@ fn resolve_stage(
                     } else {
                         tracing::info!(stage = %s.name, "local tier: {}", r.summary());
                     }
-                    std::sync::Arc::new(c)
+                    c
                 },
                 label_field: l.label_field.clone(),
             }),
@@ -573,13 +583,13 @@ fn resolve_stage(
             format!("stage `{}`: min_confidence {c} is outside 0..1", s.name),
         ));
     }
-    let needs_decision = s.gate.uses_evidence();
+    let needs_decision = s.gate.uses_evidence() || s.gate.audit.is_some();
     match s.gate.decision_field() {
         None if needs_decision => errors.push(err(
             path,
             stage_at(&[Step::Key("gate"), Step::Key("confidence_from")]),
             format!(
-                "stage `{}`: gate.confidence_from uses logprob or agreement, which need the output field holding the decision; set gate.decision_field (e.g. category)",
+                "stage `{}`: gate.confidence_from (logprob, agreement) and gate.audit compare the output field holding the decision; set gate.decision_field (e.g. category)",
                 s.name
             ),
         )),
@@ -825,4 +835,113 @@ pub fn env_key(name: &str) -> String {
 pub(super) fn url_path(url: &str) -> &str {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     rest.find('/').map(|i| &rest[i..]).unwrap_or("")
+}
+
+/// The classifier trained on these examples with these options: trained once per process and
+/// shared after that. Training is deterministic, so a pipeline loaded again (a reload, a
+/// second pipeline on the same data, every test of one binary) gets the same model without
+/// paying seconds of CPU again. Keyed by the examples themselves, not the file name, so an
+/// edited training file is trained again.
+fn trained(
+    rows: &[(String, String)],
+    oos: &[String],
+    options: crate::classify::Options,
+) -> Result<std::sync::Arc<crate::classify::Classifier>, crate::classify::TrainError> {
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use std::sync::{Arc, Mutex, OnceLock};
+    static TRAINED: OnceLock<Mutex<HashMap<u64, Arc<crate::classify::Classifier>>>> =
+        OnceLock::new();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rows.hash(&mut h);
+    oos.hash(&mut h);
+    format!("{options:?}").hash(&mut h);
+    let key = h.finish();
+    // Held while training: two loads of the same data at once train it once, and two
+    // trainings do not fight over the machine's cores.
+    let mut cache = TRAINED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = cache.get(&key) {
+        return Ok(c.clone());
+    }
+    let c = Arc::new(crate::classify::Classifier::train_with_oos(
+        rows, oos, options,
+    )?);
+    cache.insert(key, c.clone());
+    Ok(c)
+}
+
+/// What is wrong with a gate's audit settings, each with the line of the key at fault.
+fn check_audit(
+    gate: &GateSpec,
+    stage: &str,
+    is_last: bool,
+    ordering: Ordering,
+    line: impl Fn(&str) -> Option<usize>,
+) -> Vec<(Option<usize>, String)> {
+    let mut out = Vec::new();
+    if let Some(rate) = gate.audit {
+        if !(rate > 0.0 && rate <= 1.0) {
+            out.push((
+                line("audit"),
+                format!("stage `{stage}`: gate.audit {rate} must be a share in (0, 1], e.g. 0.05 to audit one accepted job in twenty"),
+            ));
+        }
+        if is_last {
+            out.push((
+                line("audit"),
+                format!("stage `{stage}`: gate.audit needs a next stage to re-do the sampled jobs; the last stage has none"),
+            ));
+        }
+        if ordering == Ordering::Key {
+            out.push((
+                line("audit"),
+                format!("stage `{stage}`: gate.audit is not available with `ordering: key` (later stages run inline there)"),
+            ));
+        }
+    }
+    if let Some(p) = gate.target_precision {
+        if !(p > 0.0 && p < 1.0) {
+            out.push((
+                line("target_precision"),
+                format!("stage `{stage}`: gate.target_precision {p} must be in (0, 1), e.g. 0.95"),
+            ));
+        }
+        if gate.audit.is_none() {
+            out.push((
+                line("target_precision"),
+                format!("stage `{stage}`: gate.target_precision moves the threshold from audit data; set gate.audit too (e.g. 0.05)"),
+            ));
+        }
+        match gate.min_confidence {
+            None => out.push((
+                line("target_precision"),
+                format!("stage `{stage}`: gate.target_precision moves gate.min_confidence; set it as the starting threshold"),
+            )),
+            Some(c) => {
+                let [lo, hi] = gate.bounds();
+                if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {
+                    out.push((
+                        line("threshold_bounds"),
+                        format!("stage `{stage}`: gate.threshold_bounds [{lo}, {hi}] must be two thresholds in 0..1, lowest first"),
+                    ));
+                } else if !(lo..=hi).contains(&c) {
+                    out.push((
+                        line("min_confidence"),
+                        format!("stage `{stage}`: gate.min_confidence {c} is outside gate.threshold_bounds [{lo}, {hi}]"),
+                    ));
+                }
+            }
+        }
+    } else if gate.threshold_bounds.is_some() {
+        out.push((
+            line("threshold_bounds"),
+            format!(
+                "stage `{stage}`: gate.threshold_bounds only applies with gate.target_precision"
+            ),
+        ));
+    }
+    out
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Pipeline;
-use crate::envelope::{Schemas, Source};
+use crate::envelope::{EscalationReason, Schemas, Source};
 use crate::kafka::KafkaSettings;
 use crate::output::compose::{Composed, Composer, Decision, Input};
 use crate::output::{PublishError, Publisher};
@@ -624,6 +624,28 @@ pub async fn process(shared: &StageShared, received: &Received) -> Composed {
         Err(e) => return composer.undecodable(input, &e.to_string()),
     };
     let span = tracing::info_span!("job", job_id = %job.job_id, tenant = %job.tenant, pipeline = %shared.pipeline.name, stage = %stage.name);
+    if let Some(audit) = history
+        .last()
+        .filter(|s| s.reason == EscalationReason::Audit)
+        .cloned()
+    {
+        // An audit copy: re-do the job, compare, record; the job's result is already out. The
+        // prompt sees the audit step (reason `audit`) but not the audited answer, so the
+        // re-do is independent of it.
+        if let Some(last) = history.last_mut() {
+            last.output = serde_json::Value::Null;
+            last.confidence = None;
+        }
+        let mut run = shared.runner.run(&job, &history).instrument(span).await;
+        let attempts = std::mem::take(&mut run.attempts);
+        crate::telemetry::TenantSpent {
+            tenant: &job.tenant,
+            cost: attempts.iter().map(|a| a.cost_micro_usd).sum(),
+        }
+        .emit(&shared.telemetry);
+        let records = audit_records(shared, &job, &audit, &run.outcome);
+        return composer.audited(input, &job, attempts, records);
+    }
     let mut run = shared
         .runner
         .run(&job, &history)
@@ -658,6 +680,78 @@ pub async fn process(shared: &StageShared, received: &Received) -> Composed {
             this_stage,
         },
     )
+}
+
+/// The ledger records of an audit: the comparison, and the threshold move it caused, if any.
+fn audit_records(
+    shared: &StageShared,
+    job: &crate::envelope::Intake,
+    audit: &crate::envelope::EscalationStep,
+    outcome: &Outcome,
+) -> Vec<crate::ledger::LedgerRecord> {
+    use crate::ledger::{LedgerAudit, LedgerRecord, LedgerThresholdMove};
+    use serde_json::Value;
+    let Some(audited) = shared
+        .pipeline
+        .stages
+        .iter()
+        .find(|s| s.name == audit.from_stage)
+    else {
+        tracing::warn!(stage = %audit.from_stage, "audit copy from a stage this pipeline does not have; nothing recorded");
+        return Vec::new();
+    };
+    let field = audited.gate.decision_field().unwrap_or("");
+    let decision_of = |v: &Value| {
+        crate::gate::lookup(v, field)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let decision = decision_of(&audit.output);
+    let auditor_decision = match outcome {
+        Outcome::Accept { output, .. } => decision_of(output),
+        Outcome::Escalate(step) => decision_of(&step.output),
+        Outcome::DeadLetter { .. } => Value::Null,
+    };
+    let agreed =
+        (!decision.is_null() && !auditor_decision.is_null()).then(|| decision == auditor_decision);
+    let at = crate::envelope::now();
+    let mut records = vec![LedgerRecord::Audit(LedgerAudit {
+        job_id: job.job_id.clone(),
+        tenant: job.tenant.clone(),
+        pipeline: shared.pipeline.name.clone(),
+        stage: audited.name.clone(),
+        auditor: shared.runner.stage.name.clone(),
+        decision,
+        auditor_decision,
+        agreed,
+        confidence: audit.confidence,
+        at,
+    })];
+    crate::telemetry::Audited {
+        pipeline: &shared.pipeline.name,
+        stage: &audited.name,
+        agreed,
+    }
+    .emit(&shared.telemetry);
+    let moved = agreed.and_then(|agreed| {
+        shared
+            .runner
+            .audits()
+            .record(&audited.name, &audited.gate, audit.confidence, agreed)
+    });
+    if let Some(m) = moved {
+        tracing::info!(
+            stage = %m.stage, from = m.from, to = m.to, target = m.target, audits = m.audits,
+            agreed = m.agreed, lower = m.lower, upper = m.upper,
+            "gate threshold moved by audits"
+        );
+        records.push(LedgerRecord::ThresholdMove(LedgerThresholdMove {
+            pipeline: shared.pipeline.name.clone(),
+            change: m,
+            at,
+        }));
+    }
+    records
 }
 
 #[cfg(test)]
@@ -748,6 +842,56 @@ mod tests {
         assert!(
             matches!(&records[1], LedgerRecord::Job(j) if j.outcome == JobOutcome::Result && j.job_id == "job-9")
         );
+    }
+
+    #[tokio::test]
+    async fn an_audited_job_is_published_once_and_its_copy_recorded_not_published() {
+        let (mut triage, _f) = shared();
+        let mut pipeline = (*triage.pipeline).clone();
+        pipeline.stages[0].gate.escalate_if.clear();
+        pipeline.stages[0].gate.audit = Some(1.0);
+        pipeline.stages[0].gate.decision_field = Some("category".into());
+        triage.pipeline = Arc::new(pipeline);
+        let c = process(&triage, &received(JOB.as_bytes())).await;
+        assert_eq!(c.end, JobEnd::Result);
+        let to = |topic: &str| c.envelopes.iter().filter(|e| e.topic == topic).count();
+        assert_eq!(to(&triage.pipeline.topics.results), 1);
+        let resolve = &triage.pipeline.stages[1];
+        assert_eq!(
+            to(&resolve.input_topic),
+            1,
+            "the audit copy goes to the next stage"
+        );
+        let copy: crate::envelope::Escalation = serde_json::from_slice(
+            &c.envelopes
+                .iter()
+                .find(|e| e.topic == resolve.input_topic)
+                .unwrap()
+                .payload,
+        )
+        .unwrap();
+        let step = copy.escalations.last().unwrap();
+        assert_eq!(step.reason, EscalationReason::Audit);
+        let accepted = step.output["category"].clone();
+
+        // The next stage re-does it: only ledger records come out, with the comparison.
+        let (mut auditor, _g) = shared();
+        auditor.pipeline = triage.pipeline.clone();
+        auditor.runner.stage = resolve.clone();
+        let payload = serde_json::to_vec(&copy).unwrap();
+        let c = process(&auditor, &received(&payload)).await;
+        assert_eq!(c.end, JobEnd::Audited);
+        assert!(c.envelopes.iter().all(|e| e.topic.ends_with(".ledger")));
+        let audit = ledger(&c)
+            .into_iter()
+            .find_map(|r| match r {
+                LedgerRecord::Audit(a) => Some(a),
+                _ => None,
+            })
+            .expect("an audit record");
+        assert_eq!(audit.stage, "triage");
+        assert_eq!(audit.decision, accepted);
+        assert_eq!(audit.agreed, Some(audit.decision == audit.auditor_decision));
     }
 
     #[tokio::test]

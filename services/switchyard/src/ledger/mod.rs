@@ -21,7 +21,7 @@ use crate::ids::{JobId, StageName, TenantId};
 
 pub use sink::{SinkError, run_sink};
 pub use store::{LedgerStore, MemoryLedger, PgLedger, StoreError};
-pub use usage::{GroupBy, UsageFigures, UsageReport, usage, usage_csv, usage_table};
+pub use usage::{AuditedStage, GroupBy, UsageFigures, UsageReport, usage, usage_csv, usage_table};
 
 /// One ledger message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,49 @@ pub enum LedgerRecord {
     Attempt(LedgerAttempt),
     /// A job's final outcome.
     Job(LedgerJob),
+    /// An audit: a later stage re-did a job an earlier stage accepted.
+    Audit(LedgerAudit),
+    /// A threshold `target_precision` moved from audit data.
+    ThresholdMove(LedgerThresholdMove),
+}
+
+/// One audit of an accepted job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerAudit {
+    /// Job id.
+    pub job_id: JobId,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Pipeline.
+    pub pipeline: String,
+    /// The stage whose accepted answer was audited.
+    pub stage: StageName,
+    /// The stage that re-did the job.
+    pub auditor: StageName,
+    /// The audited stage's decision (its `decision_field` value).
+    pub decision: serde_json::Value,
+    /// The auditor's decision (null when it produced none).
+    pub auditor_decision: serde_json::Value,
+    /// Whether they agree; none when the auditor gave no answer to compare.
+    pub agreed: Option<bool>,
+    /// The confidence the audited stage accepted the job with.
+    pub confidence: Option<f64>,
+    /// When it was recorded.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A threshold move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerThresholdMove {
+    /// Pipeline.
+    pub pipeline: String,
+    /// The move.
+    #[serde(flatten)]
+    pub change: crate::audit::ThresholdMove,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// An attempt with the job's context.

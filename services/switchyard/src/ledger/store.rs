@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
 
-use super::{LedgerAttempt, LedgerJob, LedgerRecord};
+use super::{LedgerAttempt, LedgerAudit, LedgerJob, LedgerRecord, LedgerThresholdMove};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -31,6 +31,27 @@ pub trait LedgerStore: Send + Sync {
 pub struct MemoryLedger {
     attempts: Mutex<HashMap<String, LedgerAttempt>>,
     jobs: Mutex<HashMap<(String, String), LedgerJob>>,
+    audits: Mutex<HashMap<(String, String, String), LedgerAudit>>,
+    moves: Mutex<Vec<LedgerThresholdMove>>,
+}
+
+impl MemoryLedger {
+    /// The audits recorded so far.
+    pub fn audits(&self) -> Vec<LedgerAudit> {
+        let audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
+        audits.values().cloned().collect()
+    }
+
+    /// The threshold moves recorded so far, oldest first.
+    pub fn threshold_moves(&self) -> Vec<LedgerThresholdMove> {
+        self.moves.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The attempts recorded so far.
+    pub fn attempts(&self) -> Vec<LedgerAttempt> {
+        let attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        attempts.values().cloned().collect()
+    }
 }
 
 impl LedgerStore for MemoryLedger {
@@ -48,6 +69,22 @@ impl LedgerStore for MemoryLedger {
                     LedgerRecord::Job(j) => {
                         jobs.entry((j.pipeline.clone(), j.job_id.to_string()))
                             .or_insert_with(|| j.clone());
+                    }
+                    LedgerRecord::Audit(a) => {
+                        let mut audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
+                        audits
+                            .entry((
+                                a.pipeline.clone(),
+                                a.job_id.to_string(),
+                                a.stage.to_string(),
+                            ))
+                            .or_insert_with(|| a.clone());
+                    }
+                    LedgerRecord::ThresholdMove(m) => {
+                        let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+                        if !moves.contains(m) {
+                            moves.push(m.clone());
+                        }
                     }
                 }
             }
@@ -169,6 +206,12 @@ const INSERT_ATTEMPT: &str = "INSERT INTO ledger_attempts (attempt_id, job_id, t
      provider_cost_micro_usd, latency_ms, repair, at) \
      VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) ON CONFLICT (attempt_id) DO NOTHING";
 
+const INSERT_AUDIT: &str = "INSERT INTO ledger_audits (pipeline, job_id, stage, tenant, auditor, decision, auditor_decision, agreed, \
+     confidence, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (pipeline, job_id, stage) DO NOTHING";
+
+const INSERT_MOVE: &str = "INSERT INTO ledger_threshold_moves (pipeline, stage, at, from_threshold, to_threshold, target, audits, \
+     agreed, lower, upper) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (pipeline, stage, at) DO NOTHING";
+
 const INSERT_JOB: &str = "INSERT INTO ledger_jobs (pipeline, job_id, tenant, outcome, stage, reason, escalated, escalation_reasons, \
      needs_review, cost_micro_usd, latency_ms, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
      ON CONFLICT (pipeline, job_id) DO NOTHING";
@@ -247,6 +290,45 @@ impl LedgerStore for PgLedger {
                         )
                         .await
                         .map_err(db("insert job"))?;
+                    }
+                    LedgerRecord::Audit(a) => {
+                        tx.execute(
+                            INSERT_AUDIT,
+                            &[
+                                &a.pipeline,
+                                &a.job_id.as_str(),
+                                &a.stage.as_str(),
+                                &a.tenant.as_str(),
+                                &a.auditor.as_str(),
+                                &a.decision.to_string(),
+                                &a.auditor_decision.to_string(),
+                                &a.agreed,
+                                &a.confidence,
+                                &a.at,
+                            ],
+                        )
+                        .await
+                        .map_err(db("insert audit"))?;
+                    }
+                    LedgerRecord::ThresholdMove(m) => {
+                        let c = &m.change;
+                        tx.execute(
+                            INSERT_MOVE,
+                            &[
+                                &m.pipeline,
+                                &c.stage,
+                                &m.at,
+                                &c.from,
+                                &c.to,
+                                &c.target,
+                                &i64_of(c.audits),
+                                &i64_of(c.agreed),
+                                &c.lower,
+                                &c.upper,
+                            ],
+                        )
+                        .await
+                        .map_err(db("insert threshold move"))?;
                     }
                 }
             }

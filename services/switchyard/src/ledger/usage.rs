@@ -93,6 +93,53 @@ pub struct UsageReport {
     pub cost_per_job_micro_usd: u64,
     /// Per group, when `--by` was given.
     pub groups: Vec<UsageFigures>,
+    /// Audited precision of each audited stage (gate.audit) in the window.
+    pub audits: Vec<AuditedStage>,
+}
+
+/// One stage's audits: how often the next stage agreed with what it accepted.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AuditedStage {
+    /// Pipeline.
+    pub pipeline: String,
+    /// The audited stage.
+    pub stage: String,
+    /// Audits with an answer to compare.
+    pub audited: u64,
+    /// Of those, agreements.
+    pub agreed: u64,
+    /// Agreement rate: the audited precision.
+    pub precision: f64,
+    /// Its 95% Wilson interval, low end.
+    pub lower: f64,
+    /// Its 95% Wilson interval, high end.
+    pub upper: f64,
+    /// The threshold the latest move set, when `target_precision` moved it.
+    pub threshold: Option<f64>,
+    /// Threshold moves in the window.
+    pub threshold_moves: u64,
+}
+
+impl AuditedStage {
+    /// The figures of `agreed` agreements in `audited` audits of `stage`, with no moves yet.
+    pub fn new(pipeline: String, stage: String, audited: u64, agreed: u64) -> AuditedStage {
+        let (lower, upper) = crate::audit::wilson(agreed, audited);
+        AuditedStage {
+            pipeline,
+            stage,
+            audited,
+            agreed,
+            precision: if audited == 0 {
+                0.0
+            } else {
+                agreed as f64 / audited as f64
+            },
+            lower,
+            upper,
+            threshold: None,
+            threshold_moves: 0,
+        }
+    }
 }
 
 /// Runs the usage queries.
@@ -212,7 +259,43 @@ pub async fn usage(
         let reason: Option<String> = row.get(0);
         dead_letters_by_reason.insert(reason.unwrap_or_default(), row.get::<_, i64>(1).max(0) as u64);
     }
+    let mut audits = Vec::new();
+    for row in client
+        .query(
+            "SELECT pipeline, stage, COUNT(agreed)::BIGINT, COUNT(*) FILTER (WHERE agreed)::BIGINT \
+             FROM ledger_audits WHERE at >= $1 GROUP BY pipeline, stage ORDER BY 1, 2",
+            &[&from],
+        )
+        .await
+        .map_err(db("usage audits"))?
+    {
+        audits.push(AuditedStage::new(
+            row.get(0),
+            row.get(1),
+            row.get::<_, i64>(2).max(0) as u64,
+            row.get::<_, i64>(3).max(0) as u64,
+        ));
+    }
+    for row in client
+        .query(
+            "SELECT pipeline, stage, COUNT(*)::BIGINT, (array_agg(to_threshold ORDER BY at DESC))[1] \
+             FROM ledger_threshold_moves WHERE at >= $1 GROUP BY pipeline, stage",
+            &[&from],
+        )
+        .await
+        .map_err(db("usage threshold moves"))?
+    {
+        let (pipeline, stage): (String, String) = (row.get(0), row.get(1));
+        if let Some(a) = audits
+            .iter_mut()
+            .find(|a| a.pipeline == pipeline && a.stage == stage)
+        {
+            a.threshold_moves = row.get::<_, i64>(2).max(0) as u64;
+            a.threshold = row.get(3);
+        }
+    }
     Ok(UsageReport {
+        audits,
         since: since.and_then(|s| {
             s.format(&time::format_description::well_known::Rfc3339)
                 .ok()
@@ -272,6 +355,22 @@ pub fn usage_table(r: &UsageReport, by: &[GroupBy]) -> String {
     }
     for (k, v) in &r.totals.failures_by_class {
         out.push_str(&format!("  failed attempts {k}: {v}\n"));
+    }
+    if !r.audits.is_empty() {
+        out.push_str("\naudited precision (the next stage re-did a sample of accepted jobs)\n");
+        for a in &r.audits {
+            out.push_str(&format!(
+                "  {} / {}: {:.3} of {} audits agreed (95% interval {:.3}–{:.3})",
+                a.pipeline, a.stage, a.precision, a.audited, a.lower, a.upper
+            ));
+            if let Some(t) = a.threshold {
+                out.push_str(&format!(
+                    "; threshold moved {} times, now {t:.3}",
+                    a.threshold_moves
+                ));
+            }
+            out.push('\n');
+        }
     }
     out
 }

@@ -71,6 +71,29 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
         ));
     }
 
+    // Gates: thresholds and audited precision.
+    h.push_str("<h2>Gates</h2><table id=\"gates\"><tr><th>stage</th><th class=\"num\">threshold</th><th class=\"num\">target precision</th><th class=\"num\">audit rate</th><th class=\"num\">audited</th><th class=\"num\">audited precision</th><th>95% interval</th></tr>");
+    let book = ops.audits.get();
+    for s in &p.stages {
+        let g = &s.gate;
+        let f = book.map(|b| b.figures(&s.name)).unwrap_or_default();
+        let threshold = f.threshold.or(g.min_confidence);
+        let (lo, hi) = f.interval();
+        let dash = || "—".to_string();
+        h.push_str(&format!(
+            "<tr data-stage=\"{0}\"><td>{0}</td><td class=\"num\">{1}{2}</td><td class=\"num\">{3}</td><td class=\"num\">{4}</td><td class=\"num\">{5}</td><td class=\"num audited-precision\">{6}</td><td>{7}</td></tr>",
+            esc(&s.name),
+            threshold.map_or_else(dash, |t| format!("{t:.3}")),
+            if f.threshold.is_some() { " (moved by audits)" } else { "" },
+            g.target_precision.map_or_else(dash, |t| format!("{t:.3}")),
+            g.audit.map_or_else(dash, |r| format!("{:.1}%", r * 100.0)),
+            f.audited,
+            f.precision().map_or_else(dash, |p| format!("{p:.3}")),
+            if f.audited > 0 { format!("{lo:.3} – {hi:.3}") } else { dash() },
+        ));
+    }
+    h.push_str("</table>");
+
     // Providers.
     h.push_str("<h2>Providers</h2><table id=\"providers\"><tr><th>endpoint</th><th>breaker</th><th class=\"num\">calls</th><th class=\"num\">failures</th><th class=\"num\">error rate</th><th class=\"num\">latency ms</th></tr>");
     for r in ops.breakers() {

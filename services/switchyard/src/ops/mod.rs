@@ -33,6 +33,7 @@ pub struct Ops {
     kafka: KafkaSettings,
     readiness: Arc<Readiness>,
     health: OnceLock<Arc<Health>>,
+    audits: OnceLock<Arc<crate::audit::AuditBook>>,
     prometheus: Option<PrometheusHandle>,
     admin: Arc<AdminTally>,
     telemetry: Telemetry,
@@ -110,6 +111,7 @@ impl Ops {
             kafka,
             readiness,
             health: OnceLock::new(),
+            audits: OnceLock::new(),
             prometheus,
             admin,
             telemetry,
@@ -121,6 +123,11 @@ impl Ops {
     /// Called by the composition root once endpoint health is tracked.
     pub fn set_health(&self, health: Arc<Health>) {
         let _ = self.health.set(health);
+    }
+
+    /// Called by the composition root with the stages' audit book.
+    pub fn set_audits(&self, audits: Arc<crate::audit::AuditBook>) {
+        let _ = self.audits.set(audits);
     }
 
     /// Where the running pipeline sends its events: metrics when they are on, and this page's

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::config::Pipeline;
 use crate::envelope::{
-    Attempt, DeadLetter, DeadLetterReason, Escalation, EscalationStep, Intake, JobEnd, JobResult,
-    Original, Schemas, Source, now, validation_errors,
+    Attempt, DeadLetter, DeadLetterReason, Escalation, EscalationReason, EscalationStep, Intake,
+    JobEnd, JobResult, Original, Schemas, Source, now, validation_errors,
 };
 use crate::ids::{StageName, TenantId};
 use crate::ledger::{LedgerAttempt, LedgerJob, LedgerRecord};
@@ -159,9 +159,14 @@ impl Composer<'_> {
                 confidence,
                 review,
             } => {
+                let shadow = if review.is_none() {
+                    self.audit_copy(job, stage, &output, confidence, &history, &attempts)
+                } else {
+                    None
+                };
                 let completed_at = now();
                 let latency_ms = (completed_at - job.created_at).whole_milliseconds().max(0) as u64;
-                Ended::Result(Box::new(JobResult {
+                let result = Box::new(JobResult {
                     job_id: job.job_id.clone(),
                     tenant: job.tenant.clone(),
                     pipeline: self.pipeline.name.clone(),
@@ -177,7 +182,8 @@ impl Composer<'_> {
                     completed_at,
                     latency_ms,
                     metadata: job.metadata.clone(),
-                }))
+                });
+                Ended::Result(result, shadow)
             }
             Outcome::Escalate(step) => {
                 let to = step.to_stage.clone();
@@ -258,8 +264,32 @@ impl Composer<'_> {
             .key
             .clone()
             .or_else(|| job.map(|j| j.job_id.to_string()));
+        let mut shadow_env = None;
         let (envelope, end, record) = match ended {
-            Ended::Result(result) => {
+            Ended::Result(result, shadow) => {
+                // The audit copy rides with the result: both are published before the offset
+                // moves. One that breaks its schema (a bug) is dropped, never the job.
+                if let Some((topic, copy)) = shadow {
+                    let env = envelope(
+                        &topic,
+                        key.clone().unwrap_or_else(|| copy.job.job_id.to_string()),
+                        &*copy,
+                        &copy.job.job_id,
+                        self.stage_of(&copy),
+                        Some(EscalationReason::Audit.as_str().to_string()),
+                    );
+                    let errors = serde_json::to_value(&*copy)
+                        .map(|v| validation_errors(&self.schemas.escalation, &v, 4))
+                        .unwrap_or_else(|e| vec![e.to_string()]);
+                    if errors.is_empty() {
+                        shadow_env = Some(env);
+                    } else {
+                        tracing::error!(
+                            ?errors,
+                            "audit copy breaks the escalation schema (a bug); not audited"
+                        );
+                    }
+                }
                 let env = envelope(
                     &self.pipeline.topics.results,
                     key.unwrap_or_else(|| result.job_id.to_string()),
@@ -298,8 +328,66 @@ impl Composer<'_> {
             ),
         };
         let mut envelopes = vec![envelope];
-        envelopes.extend(self.ledger(input, job, this_stage, record));
+        envelopes.extend(shadow_env);
+        envelopes.extend(self.ledger(input, job, this_stage, record, Vec::new()));
         Composed { envelopes, end }
+    }
+
+    /// The audit copy of a job `stage` accepted, when its gate audits and the job is in the
+    /// sample: an escalation to the next stage whose last step says `audit`.
+    fn audit_copy(
+        &self,
+        job: &Intake,
+        stage: &str,
+        output: &Value,
+        confidence: Option<f64>,
+        history: &[EscalationStep],
+        attempts: &[Attempt],
+    ) -> Option<(String, Box<Escalation>)> {
+        let at = self.pipeline.stages.iter().position(|s| s.name == stage)?;
+        let this = &self.pipeline.stages[at];
+        let next = self.pipeline.stages.get(at + 1)?;
+        let rate = this.gate.audit?;
+        let seed = crate::route::job_seed(&format!("{}/{}", job.job_id, stage));
+        if !crate::audit::sampled(seed, rate) {
+            return None;
+        }
+        let mut escalations = history.to_vec();
+        escalations.push(EscalationStep {
+            from_stage: this.name.clone(),
+            to_stage: next.name.clone(),
+            reason: EscalationReason::Audit,
+            detail: format!(
+                "audit sample ({:.0}% of accepted jobs); the result is already published",
+                rate * 100.0
+            ),
+            output: output.clone(),
+            confidence,
+        });
+        Some((
+            next.input_topic.clone(),
+            Box::new(Escalation {
+                job: job.clone(),
+                to_stage: next.name.clone(),
+                escalations,
+                attempts: attempts.to_vec(),
+            }),
+        ))
+    }
+
+    /// What an audit copy leaves once the next stage re-did it: only ledger records (its
+    /// attempts, the audit, any threshold move). Nothing is published for the job again.
+    pub fn audited(
+        &self,
+        input: Input<'_>,
+        job: &Intake,
+        this_stage: Vec<Attempt>,
+        records: Vec<LedgerRecord>,
+    ) -> Composed {
+        Composed {
+            envelopes: self.ledger(input, Some(job), this_stage, None, records),
+            end: JobEnd::Audited,
+        }
     }
 
     /// The stage an escalation leaves from.
@@ -317,6 +405,7 @@ impl Composer<'_> {
         job: Option<&Intake>,
         attempts: Vec<Attempt>,
         end: Option<LedgerJob>,
+        extra: Vec<LedgerRecord>,
     ) -> Vec<Envelope> {
         let at = now();
         let (job_id, tenant) = match job {
@@ -351,6 +440,7 @@ impl Composer<'_> {
             j.at = at;
             LedgerRecord::Job(j)
         }));
+        records.extend(extra);
         records
             .iter()
             .map(|r| Envelope {
@@ -427,7 +517,8 @@ impl Composer<'_> {
 
 /// How a job ended, before it is put on the wire.
 enum Ended {
-    Result(Box<JobResult>),
+    /// A result, and the audit copy for the next stage when the job is in the audit sample.
+    Result(Box<JobResult>, Option<(String, Box<Escalation>)>),
     Escalated {
         topic: String,
         escalation: Box<Escalation>,

@@ -50,6 +50,8 @@ pub struct StageDeps {
     pub spend: Arc<Spend>,
     /// Telemetry events.
     pub telemetry: Telemetry,
+    /// Audit figures and the thresholds `target_precision` moved.
+    pub audits: Arc<crate::audit::AuditBook>,
 }
 
 /// What a stage decided for a job.
@@ -318,6 +320,19 @@ impl StageRunner {
         }
     }
 
+    /// The confidence threshold in force: where audits moved it, else `min_confidence`.
+    pub fn threshold(&self) -> Option<f64> {
+        self.deps
+            .audits
+            .threshold(&self.stage.name)
+            .or(self.stage.gate.min_confidence)
+    }
+
+    /// Audit figures and moved thresholds (shared by every stage of the process).
+    pub fn audits(&self) -> &Arc<crate::audit::AuditBook> {
+        &self.deps.audits
+    }
+
     /// The request parameters every call of this stage uses (for `require_parameters`).
     fn parameters(&self) -> Vec<String> {
         parameters(&self.stage)
@@ -336,7 +351,13 @@ impl StageRunner {
 
     fn judge(&self, output: Value, evidence: &gate::Evidence) -> Outcome {
         let confidence = gate::confidence(&self.stage.gate, &output, evidence);
-        match gate::judge(&self.stage.gate, &output, self.next.is_some(), evidence) {
+        match gate::judge(
+            &self.stage.gate,
+            self.threshold(),
+            &output,
+            self.next.is_some(),
+            evidence,
+        ) {
             Verdict::Accept => Outcome::Accept {
                 output,
                 confidence,

@@ -103,7 +103,7 @@ pub(crate) struct Fixture {
 /// two keys, and the fake behind every provider name.
 pub(crate) fn fixture(models_smallest_first: bool) -> Fixture {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/support-triage");
-    let mut pipeline = Pipeline::load(&dir).unwrap();
+    let mut pipeline = Pipeline::load(&dir).unwrap().llm_stages_only();
     for (name, p) in pipeline.providers.iter_mut() {
         p.keys = ["one", "two"]
             .iter()
@@ -144,6 +144,7 @@ pub(crate) fn fixture(models_smallest_first: bool) -> Fixture {
         health: Arc::new(Health::new(BreakerConfig::default())),
         spend: Arc::new(Spend::default()),
         telemetry: Telemetry::default(),
+        audits: Arc::default(),
     };
     Fixture {
         pipeline: pipeline.clone(),

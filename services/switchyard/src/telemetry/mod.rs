@@ -104,6 +104,32 @@ impl TenantSpent<'_> {
     }
 }
 
+/// A later stage re-did an accepted job for an audit.
+#[derive(Debug, Clone, Copy)]
+pub struct Audited<'a> {
+    /// Pipeline.
+    pub pipeline: &'a str,
+    /// The audited stage.
+    pub stage: &'a str,
+    /// Whether the answers agreed (none: nothing to compare).
+    pub agreed: Option<bool>,
+}
+
+impl Audited<'_> {
+    /// Records it.
+    pub fn emit(&self, t: &Telemetry) {
+        if !t.enabled() {
+            return;
+        }
+        let verdict = match self.agreed {
+            Some(true) => "agreed",
+            Some(false) => "disagreed",
+            None => "inconclusive",
+        };
+        metrics::counter!("switchyard_audits_total", "pipeline" => self.pipeline.to_string(), "stage" => self.stage.to_string(), "verdict" => verdict).increment(1);
+    }
+}
+
 /// One LLM call ended.
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptEnded<'a> {
