@@ -38,6 +38,7 @@ pids+=($!)
 "$BIN/llm-sim" --port "$SIM_PORT" --latency-scale 0.05 >"$work/sim.log" 2>&1 &
 pids+=($!)
 sleep 2
+export SWITCHYARD_ADMIN_TOKEN="smoke-$(date +%s%N)-admin-token"
 SWITCHYARD_PROVIDER_SIMCLOUD_URL="http://127.0.0.1:$SIM_PORT/simcloud/v1" \
 SWITCHYARD_PROVIDER_SIMEDGE_URL="http://127.0.0.1:$SIM_PORT/simedge/v1" \
   "$BIN/switchyard" run --pipeline "$PIPELINE" --brokers "127.0.0.1:$BROKER_PORT" \
@@ -47,8 +48,11 @@ pids+=($!)
 
 wait_for "http://127.0.0.1:$METRICS_PORT/healthz" 200 30
 wait_for "http://127.0.0.1:$METRICS_PORT/readyz" 200 60
-wait_for "http://127.0.0.1:$ADMIN_PORT/" 200 10
-echo "ok: /healthz, /readyz and the admin page answer 200"
+# The admin page refuses anyone without the token, and answers with it.
+wait_for "http://127.0.0.1:$ADMIN_PORT/" 401 10
+code="$(curl -s -o "$work/body" -w '%{http_code}' -H "Authorization: Bearer $SWITCHYARD_ADMIN_TOKEN" "http://127.0.0.1:$ADMIN_PORT/" || true)"
+[ "$code" = 200 ] || { echo "FAIL: the admin page with its token answered $code" >&2; exit 1; }
+echo "ok: /healthz, /readyz answer 200; the admin page 401 without its token, 200 with it"
 
 "$BIN/switchyard" produce --pipeline "$PIPELINE" --brokers "127.0.0.1:$BROKER_PORT" \
   --file "$PIPELINE/samples/tickets.jsonl" >/dev/null
@@ -57,7 +61,7 @@ want="$(grep -c . "$PIPELINE/samples/tickets.jsonl")"
 done_jobs=0
 for _ in $(seq 1 90); do
   get "http://127.0.0.1:$METRICS_PORT/metrics" >/dev/null
-  done_jobs="$(awk '/^switchyard_jobs_total[{ ]/ && /stage="triage"/ {s += $NF} END {print s + 0}' "$work/body")"
+  done_jobs="$(awk '/^switchyard_jobs_total[{ ]/ && /stage="local"/ {s += $NF} END {print s + 0}' "$work/body")"
   [ "${done_jobs%.*}" -ge "$want" ] && break
   sleep 1
 done

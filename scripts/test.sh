@@ -40,12 +40,11 @@ fi
 need="$(missing)"
 if [ -n "$need" ]; then
   echo "installing what the tests need: $need"
-  sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
+  as_root=(env DEBIAN_FRONTEND=noninteractive)
+  [ "$(id -u)" = 0 ] || as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
+  "${as_root[@]}" apt-get update -qq
   # shellcheck disable=SC2086
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends $need >/dev/null
+  "${as_root[@]}" apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
 # initdb refuses root: as root the tests run the server as the `postgres` user, which the
 # package normally creates.

@@ -352,6 +352,17 @@ fn compose_ports_agree_across_services_and_prometheus() {
     assert_eq!(port_of(&metrics), METRICS_PORT, "{metrics}");
     assert_eq!(port_of(&admin), ADMIN_PORT, "{admin}");
     assert!(metrics.starts_with("0.0.0.0:") && admin.starts_with("0.0.0.0:"));
+    // Published to this machine only, with a token the operator must set.
+    assert!(
+        strings_of(&sy["ports"]).contains(&format!("127.0.0.1:{ADMIN_PORT}:{ADMIN_PORT}")),
+        "the admin port is published on loopback only"
+    );
+    assert!(
+        sy["environment"]["SWITCHYARD_ADMIN_TOKEN"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("${SWITCHYARD_ADMIN_TOKEN:?")),
+        "compose requires an admin token"
+    );
 
     // Published on the same container ports.
     let published: Vec<u16> = strings_of(&sy["ports"])

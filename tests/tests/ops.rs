@@ -170,6 +170,28 @@ impl Browser {
         .map(str::to_string)
     }
 
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_string();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
     async fn click(&self, css: &str) {
         let el = self
             .call(
@@ -199,9 +221,11 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
     let tmp = tempfile::tempdir().unwrap();
     let pipelines = copy_llm_pipelines(tmp.path());
     let (metrics_port, admin_port) = (free_port(), free_port());
+    let token = "test-admin-token-0123456789";
     let child = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .env("SWITCHYARD_ADMIN_TOKEN", token)
         .spawn()
         .unwrap();
     let _run = Kill(child);
@@ -285,9 +309,62 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
     assert!(after.contains("switchyard_in_flight_jobs{"), "{after}");
     assert!(after.contains("switchyard_breaker_state{"), "{after}");
 
-    // The admin page in a real browser: live numbers, then a replay.
+    // The admin page spends money (replays): nobody without the token, no foreign Host, no
+    // cross-site POST.
+    let http = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(http.get(&admin_url).send().await.unwrap()), 401);
+    assert_eq!(
+        status(
+            http.get(&admin_url)
+                .bearer_auth("wrong-token-0123456789")
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            http.get(&admin_url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            http.get(&admin_url)
+                .bearer_auth(token)
+                .header("host", "rebound.example:80")
+                .send()
+                .await
+                .unwrap()
+        ),
+        403,
+        "a foreign Host header (DNS rebinding)"
+    );
+    assert_eq!(
+        status(
+            http.post(format!("{admin_url}dlq/replay"))
+                .header("cookie", format!("switchyard_admin={token}"))
+                .header("origin", "http://evil.example")
+                .form(&[("job_id", "ops-dead-0")])
+                .send()
+                .await
+                .unwrap()
+        ),
+        403,
+        "a cross-site POST carried by the session cookie"
+    );
+
+    // The admin page in a real browser: sign in, live numbers, then a replay.
     let b = Browser::start().await;
     b.open(&admin_url).await;
+    b.type_into("#token", token).await;
+    b.click("#sign-in").await;
     let results: u64 = b
         .text("#stages tr[data-stage=\"triage\"] .jobs-result")
         .await

@@ -567,9 +567,22 @@ pub struct RunArgs {
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` here, e.g. `0.0.0.0:9464`.
     #[arg(long, env = "SWITCHYARD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Serve the admin page here, e.g. `127.0.0.1:8080`.
+    /// Serve the admin page here, e.g. `127.0.0.1:8080` (loopback unless you mean otherwise).
+    /// Needs a token: SWITCHYARD_ADMIN_TOKEN or --admin-token-file.
     #[arg(long, env = "SWITCHYARD_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// A file holding the admin page's token (at least 16 characters; never put the token on
+    /// the command line, where the process list shows it). Or set SWITCHYARD_ADMIN_TOKEN.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Another `host[:port]` the admin page may be reached by (e.g. a proxy's name);
+    /// repeatable. Requests with any other Host header are refused.
+    #[arg(
+        long = "admin-host",
+        env = "SWITCHYARD_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
     /// Log line format.
     #[arg(
         long,
@@ -842,7 +855,8 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
             tracing::info!(%bound, "metrics on http://{bound}/metrics (and /healthz, /readyz)");
         }
         if let Some(addr) = a.admin_addr {
-            let bound = switchyard::ops::serve_admin(ops.clone(), addr, shutdown.clone())
+            let access = admin_access(a.admin_token_file.as_deref(), a.admin_hosts.clone())?;
+            let bound = switchyard::ops::serve_admin(ops.clone(), addr, access, shutdown.clone())
                 .await
                 .map_err(anyhow::Error::msg)?;
             tracing::info!(%bound, "admin page on http://{bound}/");
@@ -1442,4 +1456,21 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The admin page's token, from `--admin-token-file` or SWITCHYARD_ADMIN_TOKEN.
+fn admin_access(
+    file: Option<&std::path::Path>,
+    hosts: Vec<String>,
+) -> anyhow::Result<switchyard::ops::access::AdminAccess> {
+    let token = match (file, std::env::var("SWITCHYARD_ADMIN_TOKEN").ok()) {
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("--admin-token-file {}: cannot read it: {e}", path.display())
+        })?,
+        (None, Some(t)) => t,
+        (None, None) => anyhow::bail!(
+            "--admin-addr needs a token: put one in a file and pass --admin-token-file FILE, or set SWITCHYARD_ADMIN_TOKEN (e.g. `openssl rand -hex 24`)"
+        ),
+    };
+    switchyard::ops::access::AdminAccess::new(&token, hosts).map_err(anyhow::Error::msg)
 }

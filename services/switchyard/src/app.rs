@@ -102,8 +102,28 @@ pub async fn run(
             .as_ref()
             .map(|o| o.telemetry())
             .unwrap_or_default(),
-        audits: Arc::default(),
+        audits: Arc::new(if options.stages.is_empty() {
+            crate::audit::AuditBook::default()
+        } else {
+            crate::audit::AuditBook::running(options.stages.clone())
+        }),
     };
+    for s in pipeline
+        .stages
+        .iter()
+        .filter(|s| s.gate.target_precision.is_some())
+    {
+        let next = pipeline
+            .stages
+            .iter()
+            .skip_while(|x| x.name != s.name)
+            .nth(1);
+        let here =
+            |name: &str| options.stages.is_empty() || options.stages.iter().any(|x| x == name);
+        if here(&s.name) && !next.is_some_and(|n| here(&n.name)) {
+            tracing::warn!(stage = %s.name, "gate.target_precision: the next stage, which re-does the audits, runs in another process; this stage's threshold stays at min_confidence here (audits are still recorded). Run both stages in one process for the threshold to move");
+        }
+    }
     let producer: FutureProducer = options.kafka.producer().create().map_err(|e| {
         RunError::Setup(format!(
             "cannot create the Kafka producer for {}: {}",

@@ -28,6 +28,9 @@ const MIN_AUDITS_PER_MOVE: usize = 30;
 const MIN_AUDITS_ABOVE: usize = 20;
 /// How far the threshold steps down when the audits show room.
 const STEP_DOWN: f64 = 0.02;
+/// How far it steps up when no audited confidence shows the target reached: a step, not a
+/// jump to the upper bound, so that jobs keep being accepted (and audited) on the way.
+const STEP_UP: f64 = 0.05;
 
 /// Whether the job with `seed` (see [`crate::route::job_seed`]) is in a stage's audit sample:
 /// decided by the job, so a redelivered job is sampled the same way.
@@ -110,11 +113,30 @@ struct StageBook {
 #[derive(Debug, Default)]
 pub struct AuditBook {
     stages: Mutex<HashMap<String, StageBook>>,
+    /// The stages this process runs (None: all). A threshold moves only when the process
+    /// that re-does the audits also runs the audited stage; otherwise no stage would use the
+    /// move, and recording it would say a threshold changed that did not.
+    running: Option<Vec<String>>,
 }
 
 impl AuditBook {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StageBook>> {
         self.stages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A book for a process that runs only `stages` (see [`AuditBook::moves_here`]).
+    pub fn running(stages: Vec<String>) -> AuditBook {
+        AuditBook {
+            stages: Mutex::default(),
+            running: Some(stages),
+        }
+    }
+
+    /// Whether `stage`'s threshold can move in this process: it runs here.
+    pub fn moves_here(&self, stage: &str) -> bool {
+        self.running
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|s| s == stage))
     }
 
     /// The threshold `target_precision` set for `stage`, if it moved one.
@@ -146,7 +168,7 @@ impl AuditBook {
         }
         book.since_move += 1;
         let (target, start) = (gate.target_precision?, gate.min_confidence?);
-        if book.since_move < MIN_AUDITS_PER_MOVE {
+        if book.since_move < MIN_AUDITS_PER_MOVE || !self.moves_here(stage) {
             return None;
         }
         let [lo, hi] = gate.bounds();
@@ -193,7 +215,7 @@ fn next_threshold(
     let (lower, upper) = wilson(k, n);
     let to = if upper < target {
         // Surely short of the target: the lowest audited confidence above which the audits
-        // reach it, else the upper bound.
+        // reach it, else a step up.
         let mut candidates: Vec<f64> = window
             .iter()
             .filter_map(|(c, _)| *c)
@@ -207,7 +229,7 @@ fn next_threshold(
                 let (n, k) = counts(window, *c);
                 n as usize >= MIN_AUDITS_ABOVE && k as f64 >= target * n as f64
             })
-            .unwrap_or(hi)
+            .unwrap_or(current + STEP_UP)
     } else if lower > target {
         (current - STEP_DOWN).max(lo)
     } else {
@@ -268,7 +290,7 @@ mod tests {
         assert_eq!(first.from, 0.7);
         assert!(first.upper < 0.95, "{first:?}");
         let t = book.threshold("triage").unwrap();
-        assert!(t > 0.97 && t <= 0.99, "threshold {t}");
+        assert!(t > 0.97 && t <= 0.99, "threshold {t}: {moves:?}");
         // Above it, the audits now meet the target.
         let f = book.figures("triage");
         assert_eq!(f.audited, 300);
@@ -287,6 +309,18 @@ mod tests {
         }
         let t = book.threshold("triage").unwrap();
         assert!((t - 0.6).abs() < 1e-9, "stops at the lower bound: {t}");
+    }
+
+    #[test]
+    fn a_process_that_does_not_run_the_audited_stage_counts_but_moves_nothing() {
+        let book = AuditBook::running(vec!["resolve".into()]);
+        let g = gate(0.95, 0.7);
+        for _ in 0..200 {
+            assert!(book.record("triage", &g, Some(0.8), false).is_none());
+        }
+        assert_eq!(book.threshold("triage"), None);
+        assert_eq!(book.figures("triage").audited, 200);
+        assert!(!book.moves_here("triage") && book.moves_here("resolve"));
     }
 
     #[test]

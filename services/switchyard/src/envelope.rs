@@ -254,6 +254,9 @@ pub enum DeadLetterReason {
     UnknownTenant,
     /// The tenant's budget would be exceeded.
     BudgetExceeded,
+    /// The job's task failed inside Switchyard (a bug, or input it could not handle); the job
+    /// is kept here rather than retried forever.
+    InternalError,
 }
 
 impl DeadLetterReason {
@@ -269,6 +272,7 @@ impl DeadLetterReason {
             DeadLetterReason::OutputRejected => "output_rejected",
             DeadLetterReason::UnknownTenant => "unknown_tenant",
             DeadLetterReason::BudgetExceeded => "budget_exceeded",
+            DeadLetterReason::InternalError => "internal_error",
         }
     }
 
@@ -279,6 +283,7 @@ impl DeadLetterReason {
             DeadLetterReason::ProviderExhausted
                 | DeadLetterReason::SchemaInvalid
                 | DeadLetterReason::BudgetExceeded
+                | DeadLetterReason::InternalError
                 | DeadLetterReason::UnknownTenant
                 | DeadLetterReason::OutputRejected
         )
@@ -497,10 +502,21 @@ pub fn validation_errors(validator: &Validator, value: &Value, limit: usize) -> 
             } else {
                 path
             };
-            format!("{path}: {e}")
+            // An error quotes the offending value; a 500 KiB value must not make every error
+            // text (and the dead letter carrying it) that long.
+            let text = format!("{path}: {e}");
+            if text.len() > MAX_ERROR_CHARS {
+                let cut: String = text.chars().take(MAX_ERROR_CHARS).collect();
+                format!("{cut}… ({} bytes in all)", text.len())
+            } else {
+                text
+            }
         })
         .collect()
 }
+
+/// The longest validation error text kept.
+const MAX_ERROR_CHARS: usize = 300;
 
 /// Now, in UTC.
 pub fn now() -> OffsetDateTime {
@@ -513,7 +529,29 @@ pub fn job_id_hint(payload: &[u8]) -> Option<JobId> {
     v.get("job_id")
         .or_else(|| v.pointer("/job/job_id"))
         .and_then(Value::as_str)
+        .filter(|id| usable_id(id))
         .map(JobId::from)
+}
+
+/// The longest job id (and Kafka key) Switchyard repeats in what it publishes.
+pub const MAX_ID_BYTES: usize = 200;
+
+/// Whether `id` may be repeated as a job id in outputs, keys and headers: what the intake
+/// schema allows (1–200 of `A-Z a-z 0-9 . _ : -`). A message with any other id is
+/// dead-lettered without it, so a 0.5 MB id cannot make the dead letter too large to publish.
+pub fn usable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+/// A Kafka key Switchyard may reuse for its outputs: UTF-8, at most [`MAX_ID_BYTES`], no
+/// control characters. Any other key is dropped (outputs are keyed by job id or position).
+pub fn usable_key(key: &[u8]) -> Option<String> {
+    let k = std::str::from_utf8(key).ok()?;
+    (k.len() <= MAX_ID_BYTES && !k.chars().any(char::is_control)).then(|| k.to_string())
 }
 
 #[cfg(test)]

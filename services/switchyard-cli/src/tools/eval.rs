@@ -551,7 +551,12 @@ pub async fn run_eval(options: EvalOptions) -> anyhow::Result<EvalReport> {
                 s.gate.decision_field = Some(options.label_field.clone());
             }
         }
-        if options.target_precision.is_some() && s.gate.min_confidence.is_some() {
+        let [lo, hi] = s.gate.bounds();
+        if options.target_precision.is_some()
+            && s.gate
+                .min_confidence
+                .is_some_and(|c| (lo..=hi).contains(&c))
+        {
             s.gate.target_precision = options.target_precision;
         }
     }
@@ -714,10 +719,12 @@ fn audit_summaries(pipeline: &Pipeline, ledger: &MemoryLedger) -> Vec<AuditSumma
                 .iter()
                 .map(|a| (a.job_id.as_str(), a.auditor.as_str()))
                 .collect();
-            let my_moves: Vec<_> = moves
+            let mut my_moves: Vec<_> = moves
                 .iter()
                 .filter(|m| m.change.stage == s.name.as_str())
                 .collect();
+            // Ledger messages of different jobs arrive in no particular order.
+            my_moves.sort_by_key(|m| m.at);
             let mut figures =
                 AuditedStage::new(pipeline.name.clone(), s.name.to_string(), audited, agreed);
             figures.threshold = my_moves

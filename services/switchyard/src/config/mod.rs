@@ -307,6 +307,55 @@ mod tests {
     }
 
     #[test]
+    fn audit_settings_that_cannot_work_are_refused_at_their_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = copy_pipelines(tmp.path()).join("support-triage");
+        let file = dir.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        // triage: a target without an audit; resolve (the last stage): an audit with no next
+        // stage to re-do it, and bounds that leave out its min_confidence.
+        let edited = text
+            .replacen(
+                "      min_confidence: 0.68\n",
+                "      min_confidence: 0.68\n      target_precision: 0.9\n",
+                1,
+            )
+            .replacen(
+                "      min_confidence: 0.5\n",
+                "      min_confidence: 0.5\n      audit: 0.1\n      target_precision: 0.9\n      threshold_bounds: [0.6, 0.99]\n",
+                1,
+            );
+        assert_ne!(edited, text);
+        std::fs::write(&file, &edited).unwrap();
+        let line_of_text = |needle: &str, nth: usize| {
+            edited
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains(needle))
+                .nth(nth)
+                .unwrap()
+                .0
+                + 1
+        };
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let find = |what: &str| {
+            errors
+                .0
+                .iter()
+                .find(|e| e.message.contains(what))
+                .unwrap_or_else(|| panic!("no error about {what}: {errors}"))
+        };
+        let no_audit = find("set gate.audit too");
+        assert!(no_audit.message.contains("stage `triage`"), "{errors}");
+        assert_eq!(no_audit.line, Some(line_of_text("target_precision", 0)));
+        let last = find("needs a next stage");
+        assert!(last.message.contains("stage `resolve`"), "{errors}");
+        assert_eq!(last.line, Some(line_of_text("audit: 0.1", 0)));
+        let outside = find("outside gate.threshold_bounds");
+        assert_eq!(outside.line, Some(line_of_text("min_confidence: 0.5", 0)));
+    }
+
+    #[test]
     fn a_pipeline_loads_from_its_folder_or_its_file_and_a_missing_one_says_where_it_looked() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/support-triage");
         let by_folder = Pipeline::load(&dir).unwrap();

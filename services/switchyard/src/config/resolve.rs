@@ -179,6 +179,34 @@ impl Pipeline {
             .for_each(|(line, message)| errors.push(err(path, line, message)));
         }
 
+        // An audit compares the decision field of the audited stage and of the next one.
+        for (i, s) in stages.iter().enumerate() {
+            let (Some(_), Some(field), Some(next)) =
+                (s.gate.audit, s.gate.decision_field(), stages.get(i + 1))
+            else {
+                continue;
+            };
+            if next
+                .output_schema
+                .pointer(&format!("/properties/{field}"))
+                .is_none()
+            {
+                errors.push(err(
+                    path,
+                    spans.line(&[
+                        Step::Key("stages"),
+                        Step::Index(s.index),
+                        Step::Key("gate"),
+                        Step::Key("audit"),
+                    ]),
+                    format!(
+                        "stage `{}`: gate.audit compares `{field}` with the next stage's answer, but stage `{}`'s output schema has no such property",
+                        s.name, next.name
+                    ),
+                ));
+            }
+        }
+
         {
             let mut seen_topics: Vec<(&str, String)> = vec![
                 (topics.results.as_str(), "results".to_string()),

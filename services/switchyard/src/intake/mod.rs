@@ -392,10 +392,7 @@ pub async fn run_stage(
                 topic: m.topic().to_string(),
                 partition: m.partition(),
                 offset: m.offset(),
-                key: m
-                    .key()
-                    .and_then(|k| std::str::from_utf8(k).ok())
-                    .map(str::to_string),
+                key: m.key().and_then(crate::envelope::usable_key),
             },
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         };
@@ -530,8 +527,26 @@ impl JobTask {
             let _ = previous.await;
         }
         let started = Instant::now();
+        // A job whose task panics (a bug, or input nothing foresaw) ends as a dead letter: its
+        // slot is freed and its offset moves like any other job's, instead of the partition
+        // waiting for it forever and the job being redone after every restart.
+        let guarded = std::panic::AssertUnwindSafe(process(&self.shared, &received)).catch_unwind();
         let Composed { envelopes, end } = tokio::select! {
-            c = process(&self.shared, &received) => c,
+            c = guarded => c.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(topic = %received.source.topic, partition = received.source.partition, offset = received.source.offset, panic = %what, "a job's task panicked; dead-lettering it as internal_error");
+                self.shared.composer().internal_error(
+                    Input {
+                        source: &received.source,
+                        payload: &received.payload,
+                    },
+                    &what,
+                )
+            }),
             // Revoked (after the drain) or shut down: hand the job back.
             _ = self.abandon.cancelled() => return,
         };
@@ -549,6 +564,10 @@ impl JobTask {
                 {
                     tracing::error!(error = %e, job_id = ?env.headers.first(), "the broker refused a ledger record; the job's output was published, this attempt is missing from the ledger");
                 }
+                Err(e @ PublishError::Refused { .. }) if env.is_audit_copy() => {
+                    // The job's result went out; only its audit is lost.
+                    tracing::warn!(error = %e, job_id = ?env.headers.first(), "the broker refused an audit copy; the job's result was published, it goes unaudited");
+                }
                 Err(e @ PublishError::Refused { .. }) => {
                     // The broker will never take this output: dead-letter the job instead.
                     let input = Input {
@@ -556,13 +575,20 @@ impl JobTask {
                         payload: &received.payload,
                     };
                     let dl = self.shared.composer().refused(input, &e.to_string());
-                    if self
-                        .shared
-                        .output
-                        .publish(&dl, &self.abandon)
-                        .await
-                        .is_err()
-                    {
+                    let published = self.shared.output.publish(&dl, &self.abandon).await.is_ok()
+                        || {
+                            // Even that was too much: position, reason and a few bytes.
+                            let minimal = self
+                                .shared
+                                .composer()
+                                .minimal_dead_letter(input, &e.to_string());
+                            self.shared
+                                .output
+                                .publish(&minimal, &self.abandon)
+                                .await
+                                .is_ok()
+                        };
+                    if !published {
                         // Nowhere to put the job: stop loudly rather than move past it.
                         tracing::error!(
                             error = %e,

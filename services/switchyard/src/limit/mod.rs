@@ -87,8 +87,20 @@ impl Rate {
 #[derive(Debug, Default, Clone)]
 struct Standing {
     cooling_until: Option<Instant>,
-    disabled: Option<String>,
+    /// Why the key is suspended and until when (after that it is tried again: a probe).
+    disabled: Option<(String, Instant)>,
+    /// Suspensions so far: each one lasts twice as long as the one before.
+    strikes: u32,
 }
+
+/// The first suspension of a key that the provider refused (401/403/402); later ones double,
+/// up to [`MAX_SUSPENSION`]. A key that was revoked stays out nearly all the time; one that
+/// failed for a passing reason comes back.
+pub const FIRST_SUSPENSION: Duration = Duration::from_secs(60);
+/// The longest suspension.
+pub const MAX_SUSPENSION: Duration = Duration::from_secs(3600);
+/// The longest a Retry-After (or anything else a provider says) can rest a key.
+pub const MAX_COOL_DOWN: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct KeySlot {
@@ -287,7 +299,9 @@ impl Limits {
             .map(|(i, k)| (KeyId::Shared(i), k));
         for (id, k) in own.into_iter().chain(shared) {
             let standing = k.standing.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(why) = standing.disabled {
+            if let Some((why, until)) = standing.disabled
+                && until > now
+            {
                 disabled.push(format!("{}: {why}", k.label));
                 continue;
             }
@@ -331,23 +345,29 @@ impl Limits {
         }
     }
 
-    /// A 429: the key rests for exactly `for_how_long`.
+    /// A 429: the key rests for `for_how_long`, at most [`MAX_COOL_DOWN`].
     pub fn cool_down(&self, provider: &str, key: &KeyId, for_how_long: Duration, now: Instant) {
         if let Some(k) = self.slot(provider, key) {
             let mut s = k.standing.lock().unwrap_or_else(|e| e.into_inner());
-            let until = now + for_how_long;
+            let until = now + for_how_long.min(MAX_COOL_DOWN);
             s.cooling_until = Some(s.cooling_until.map_or(until, |u| u.max(until)));
         }
     }
 
-    /// A 401/403 (or 402): the key leaves rotation until restart.
-    pub fn disable(&self, provider: &str, key: &KeyId, why: &str) {
+    /// A 401/403 (or 402): the key leaves rotation for a while ([`FIRST_SUSPENSION`], doubling
+    /// with each suspension up to [`MAX_SUSPENSION`]); then it is tried again.
+    pub fn disable(&self, provider: &str, key: &KeyId, why: &str, now: Instant) {
         if let Some(k) = self.slot(provider, key) {
             let mut s = k.standing.lock().unwrap_or_else(|e| e.into_inner());
-            if s.disabled.is_none() {
-                tracing::error!(provider, key = %k.label, why, "API key taken out of rotation");
-                s.disabled = Some(why.to_string());
+            if s.disabled.as_ref().is_some_and(|(_, until)| *until > now) {
+                return;
             }
+            let pause = FIRST_SUSPENSION
+                .saturating_mul(1u32 << s.strikes.min(10))
+                .min(MAX_SUSPENSION);
+            s.strikes = s.strikes.saturating_add(1);
+            tracing::error!(provider, key = %k.label, why, for_s = pause.as_secs(), "API key taken out of rotation; it will be tried again after the pause");
+            s.disabled = Some((why.to_string(), now + pause));
         }
     }
 
@@ -366,7 +386,7 @@ impl Limits {
             for k in p.keys.iter().chain(p.tenant_keys.values()) {
                 let s = k.standing.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let standing = match (s.disabled, s.cooling_until) {
-                    (Some(why), _) => format!("disabled: {why}"),
+                    (Some((why, until)), _) if until > now => format!("disabled: {why}"),
                     (None, Some(u)) if u > now => "cooling".into(),
                     _ => "ok".into(),
                 };
@@ -464,7 +484,7 @@ mod tests {
         let now = Instant::now();
         l.cool_down("p", &KeyId::Shared(0), Duration::from_secs(7), now);
         assert_eq!(granted(l.try_acquire("p", 1, now, ANY)), Some(1));
-        l.disable("p", &KeyId::Shared(1), "HTTP 401");
+        l.disable("p", &KeyId::Shared(1), "HTTP 401", now);
         match l.try_acquire("p", 1, now, ANY) {
             Capacity::Wait(d) => assert_eq!(d, Duration::from_secs(7)),
             other => panic!("{other:?}"),
@@ -473,7 +493,12 @@ mod tests {
             granted(l.try_acquire("p", 1, now + Duration::from_secs(7), ANY)),
             Some(0)
         );
-        l.disable("p", &KeyId::Shared(0), "HTTP 403");
+        l.disable(
+            "p",
+            &KeyId::Shared(0),
+            "HTTP 403",
+            now + Duration::from_secs(7),
+        );
         match l.try_acquire("p", 1, now + Duration::from_secs(8), ANY) {
             Capacity::NoKey(why) => {
                 assert!(
@@ -482,6 +507,41 @@ mod tests {
                 );
                 assert!(!why.contains("secret-"), "never the key itself: {why}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_key_comes_back_after_a_pause_that_doubles_and_rests_are_bounded() {
+        let l = Limits::new([&provider(&[("A", None)], None)]);
+        let now = Instant::now();
+        l.disable("p", &KeyId::Shared(0), "HTTP 401", now);
+        assert!(matches!(
+            l.try_acquire("p", 1, now, ANY),
+            Capacity::NoKey(_)
+        ));
+        let back = now + FIRST_SUSPENSION;
+        assert_eq!(
+            granted(l.try_acquire("p", 1, back, ANY)),
+            Some(0),
+            "probed again"
+        );
+        // Refused again: twice as long this time.
+        l.disable("p", &KeyId::Shared(0), "HTTP 401", back);
+        let later = back + FIRST_SUSPENSION;
+        assert!(matches!(
+            l.try_acquire("p", 1, later, ANY),
+            Capacity::NoKey(_)
+        ));
+        assert_eq!(
+            granted(l.try_acquire("p", 1, back + FIRST_SUSPENSION * 2, ANY)),
+            Some(0)
+        );
+        // A provider asking for a rest of centuries gets a minute.
+        let t = back + FIRST_SUSPENSION * 2;
+        l.cool_down("p", &KeyId::Shared(0), Duration::from_secs(u64::MAX / 4), t);
+        match l.try_acquire("p", 1, t, ANY) {
+            Capacity::Wait(d) => assert!(d <= MAX_COOL_DOWN, "{d:?}"),
             other => panic!("{other:?}"),
         }
     }

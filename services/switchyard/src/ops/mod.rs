@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub mod access;
 mod admin;
 pub mod html;
 
@@ -196,17 +197,50 @@ pub async fn serve_metrics(
     serve(app, addr, shutdown).await
 }
 
-/// Serves the admin page on `addr` until `shutdown` (see [`admin`]).
+/// Serves the admin page on `addr` until `shutdown` (see [`admin`]), behind `access` (see
+/// [`access`]): the token on every route, the bound address as the only `Host`, same-origin
+/// POSTs.
 pub async fn serve_admin(
     ops: Arc<Ops>,
     addr: SocketAddr,
+    access: access::AdminAccess,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<SocketAddr, OpsError> {
+    let (listener, bound) = listen(addr).await?;
+    let gate = Arc::new(access::Gate::new(access, bound));
+    let login = Router::new()
+        .route("/login", get(access::login_page).post(access::login))
+        .with_state(gate.clone());
     let app = Router::new()
         .route("/", get(admin::page))
         .route("/dlq/replay", post(admin::replay))
-        .with_state(ops);
-    serve(app, addr, shutdown).await
+        .with_state(ops)
+        .merge(login)
+        .layer(axum::middleware::from_fn_with_state(gate, access::guard));
+    spawn_server(listener, app, shutdown);
+    Ok(bound)
+}
+
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), OpsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| OpsError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| OpsError::Listen { addr, source })?;
+    Ok((listener, bound))
+}
+
+fn spawn_server(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
 }
 
 async fn serve(
@@ -214,17 +248,8 @@ async fn serve(
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<SocketAddr, OpsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| OpsError::Listen { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| OpsError::Listen { addr, source })?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
+    let (listener, bound) = listen(addr).await?;
+    spawn_server(listener, app, shutdown);
     Ok(bound)
 }
 

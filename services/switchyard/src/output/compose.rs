@@ -21,6 +21,9 @@ use crate::stage::Outcome;
 /// be what the broker refused; the source position finds the rest.
 pub const REFUSED_EXCERPT_BYTES: usize = 16 * 1024;
 
+/// The excerpt of the smallest dead letter, the last resort before a worker stops.
+pub const MINIMAL_EXCERPT_BYTES: usize = 256;
+
 /// Composes the envelopes of one stage of one pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct Composer<'a> {
@@ -142,6 +145,21 @@ impl Composer<'_> {
         self.finish(input, None, Vec::new(), Ended::DeadLetter(Box::new(dl)))
     }
 
+    /// What a message whose job task panicked leaves: a dead letter (`internal_error`) with a
+    /// bounded excerpt of the message, and its ledger record.
+    pub fn internal_error(&self, input: Input<'_>, what: &str) -> Composed {
+        let what: String = what.chars().take(500).collect();
+        let failure = self.failure(
+            DeadLetterReason::InternalError,
+            format!(
+                "the stage failed on this message ({what}) at topic {} partition {} offset {}; it is kept here, not retried. Please report it",
+                input.source.topic, input.source.partition, input.source.offset
+            ),
+        );
+        let dl = self.dead_letter(input, None, failure, Some(REFUSED_EXCERPT_BYTES));
+        self.finish(input, None, Vec::new(), Ended::DeadLetter(Box::new(dl)))
+    }
+
     /// What a stage's decision for `job` leaves.
     pub fn outcome(&self, input: Input<'_>, job: &Intake, decision: Decision<'_>) -> Composed {
         let Decision {
@@ -237,6 +255,17 @@ impl Composer<'_> {
     /// The dead letter for a message whose output the broker refused for good: a bounded
     /// excerpt, since the whole input may be what made the output too large.
     pub fn refused(&self, input: Input<'_>, why: &str) -> Envelope {
+        self.refused_with(input, why, REFUSED_EXCERPT_BYTES)
+    }
+
+    /// The smallest dead letter of a message: its position, the reason and a short excerpt,
+    /// for when even [`Composer::refused`]'s was refused.
+    pub fn minimal_dead_letter(&self, input: Input<'_>, why: &str) -> Envelope {
+        self.refused_with(input, why, MINIMAL_EXCERPT_BYTES)
+    }
+
+    fn refused_with(&self, input: Input<'_>, why: &str, excerpt: usize) -> Envelope {
+        let why: String = why.chars().take(500).collect();
         let failure = self.failure(
             DeadLetterReason::OutputRejected,
             format!(
@@ -247,7 +276,7 @@ impl Composer<'_> {
                 input.source.offset
             ),
         );
-        let dl = self.dead_letter(input, None, failure, Some(REFUSED_EXCERPT_BYTES));
+        let dl = self.dead_letter(input, None, failure, Some(excerpt));
         self.dead_letter_envelope(input, &dl)
     }
 
@@ -300,7 +329,11 @@ impl Composer<'_> {
                 );
                 match self.checked(input, &self.schemas.result, env, &*result) {
                     Ok(env) => (env, JobEnd::Result, Some(LedgerJob::result(&result))),
-                    Err(dl) => (dl.0, JobEnd::DeadLetter, Some(*dl.1)),
+                    Err(dl) => {
+                        // No result, so nothing to audit.
+                        shadow_env = None;
+                        (dl.0, JobEnd::DeadLetter, Some(*dl.1))
+                    }
                 }
             }
             Ended::Escalated { topic, escalation } => {

@@ -25,6 +25,16 @@ pub struct Envelope {
     pub headers: Vec<(&'static str, String)>,
 }
 
+impl Envelope {
+    /// Whether this is an audit copy (`gate.audit`): the job's result is published beside it,
+    /// so losing it loses an audit, not the job.
+    pub fn is_audit_copy(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, v)| *k == "switchyard.reason" && v == "audit")
+    }
+}
+
 /// Why a publish did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -154,6 +154,9 @@ pub fn adapter(provider: &Provider, http: reqwest::Client) -> Arc<dyn ProviderAp
 pub fn classify_status(status: u16, message: &str) -> AttemptClass {
     let lower = message.to_ascii_lowercase();
     match status {
+        // A moderation refusal of one prompt (OpenRouter answers 403 "input was flagged") is
+        // the job's content-policy outcome, not a failing key.
+        400 | 403 | 422 if is_content_policy_message(&lower) => AttemptClass::ContentPolicy,
         401 | 403 => AttemptClass::Auth,
         402 => AttemptClass::OutOfCredit,
         404 => AttemptClass::Catalog,
@@ -161,7 +164,6 @@ pub fn classify_status(status: u16, message: &str) -> AttemptClass {
         413 => AttemptClass::ContextWindow,
         429 => AttemptClass::RateLimited,
         400 | 422 if is_context_message(&lower) => AttemptClass::ContextWindow,
-        400 | 422 if is_content_policy_message(&lower) => AttemptClass::ContentPolicy,
         400..=499 => AttemptClass::InvalidRequest,
         _ => AttemptClass::Transient,
     }
@@ -192,15 +194,23 @@ fn is_content_policy_message(lower: &str) -> bool {
     .any(|p| lower.contains(p))
 }
 
-/// Parses a Retry-After header: delay-seconds or an HTTP date.
+/// Parses a Retry-After header: delay-seconds or an HTTP date, at most
+/// [`crate::limit::MAX_COOL_DOWN`] (a provider cannot rest a key for a century, nor overflow a
+/// clock with `1e20`).
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = value.trim();
+    let max = crate::limit::MAX_COOL_DOWN;
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(max.as_secs_f64())));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(max))
 }
+
+/// The largest provider reply read; a longer one is a failed attempt (a 400 MB reply must not
+/// take the worker's memory with it).
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -255,6 +265,25 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+        // What a hostile provider may send: bounded, never a panic.
+        let max = crate::limit::MAX_COOL_DOWN;
+        assert_eq!(parse_retry_after("1e20", now), Some(max));
+        assert_eq!(parse_retry_after("18000000000000000000", now), Some(max));
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(max)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+    }
+
+    #[test]
+    fn a_moderation_refusal_is_content_policy_not_a_bad_key() {
+        assert_eq!(
+            classify_status(403, "Input was flagged by moderation"),
+            AttemptClass::ContentPolicy
+        );
+        assert_eq!(classify_status(403, "Forbidden"), AttemptClass::Auth);
     }
 }
 
@@ -336,7 +365,30 @@ pub(crate) async fn post_json(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-    let bytes = response.bytes().await.map_err(transport)?;
+    let too_long = |read: usize| ProviderError {
+        class: AttemptClass::ProviderBadOutput,
+        status: Some(status),
+        message: format!(
+            "the reply from {} is longer than {} MiB ({read} bytes or more); not read",
+            openai::redacted_url(url),
+            MAX_REPLY_BYTES / (1024 * 1024)
+        ),
+        retry_after: None,
+        usage: Usage::default(),
+    };
+    if let Some(n) = response.content_length()
+        && n > MAX_REPLY_BYTES as u64
+    {
+        return Err(too_long(usize::try_from(n).unwrap_or(usize::MAX)));
+    }
+    let mut response = response;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if bytes.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(too_long(bytes.len() + chunk.len()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let json: Option<Value> = serde_json::from_slice(&bytes).ok();
     // The text is only read for errors; a successful JSON reply skips the copy.
     let text = if json.is_none() || !(200..300).contains(&status) {
@@ -420,7 +472,27 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
+        .redirect(same_origin_redirects())
         .build()
+}
+
+/// Redirects are followed only to the same origin (scheme, host and port): the request carries
+/// a key and the job's text, which must not follow a redirect to another host.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !same {
+            attempt
+                .error("redirect to another origin refused (it would carry the key and the prompt)")
+        } else if attempt.previous().len() > 5 {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// Every provider a pipeline uses, by name: the seam between the attempt loop and the
@@ -467,6 +539,13 @@ impl Adapters {
                 usage: Usage::default(),
             });
         };
-        adapter.complete(request).await
+        // Every key the call could carry is scrubbed from what the provider said, the
+        // tenant's own (BYOK) key included, not only the provider's shared keys.
+        adapter.complete(request).await.map_err(|mut e| {
+            if let Some(key) = request.key {
+                e.message = crate::secret::scrub(&e.message, [key]);
+            }
+            e
+        })
     }
 }

@@ -258,7 +258,9 @@ impl StageRunner {
                 }
                 NextMove::SameEndpointNextKey => {
                     let why = format!("HTTP {}", e.status.unwrap_or(0));
-                    self.deps.limits.disable(&endpoint.provider, &key, &why);
+                    self.deps
+                        .limits
+                        .disable(&endpoint.provider, &key, &why, Instant::now());
                     // The same endpoint again: another key may serve it.
                 }
                 NextMove::LargerContext => {

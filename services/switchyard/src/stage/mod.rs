@@ -181,6 +181,15 @@ impl StageRunner {
     /// Runs one job. `history` is the escalation trail so far (empty at the first stage).
     pub async fn run(&self, job: &Intake, history: &[EscalationStep]) -> StageRun {
         let mut run = Attempts::new(job, &self.stage.name);
+        // An audit re-do's attempts get ids of their own: the same job may also reach this
+        // stage as a real escalation (a redelivery judged differently), and the ledger keeps
+        // one row per id.
+        if history
+            .last()
+            .is_some_and(|s| s.reason == EscalationReason::Audit)
+        {
+            run.prefix.push_str("/audit");
+        }
         let tenant = match &self.tenants {
             None => None,
             Some(map) => match map.get(job.tenant.as_str()) {
@@ -498,6 +507,12 @@ impl Attempts {
             key,
             tenant_key,
         } = call;
+        let (usage, overstated) = bounded_usage(endpoint, usage);
+        let error = match (error, overstated) {
+            (e, None) => e,
+            (None, Some(note)) => Some(note),
+            (Some(e), Some(note)) => Some(format!("{e}; {note}")),
+        };
         self.list.push(Attempt {
             attempt_id: format!("{}/{}", self.prefix, self.list.len() + 1),
             stage: self.stage.clone(),
@@ -556,6 +571,33 @@ impl Attempts {
             attempts: self.list,
         }
     }
+}
+
+/// Usage as the provider reported it, unless it is more than one call at this endpoint can
+/// use (prompt and completion together beyond the context window): then it is cut to the
+/// window and a note says so. A provider's `2^64` tokens must not bill a tenant into lockout.
+pub fn bounded_usage(endpoint: &Endpoint, usage: Usage) -> (Usage, Option<String>) {
+    let window = u64::from(endpoint.context_length);
+    let total = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+    if window == 0 || total <= window {
+        return (usage, None);
+    }
+    let prompt = usage.prompt_tokens.min(window);
+    let completion = usage.completion_tokens.min(window - prompt);
+    let note = format!(
+        "the provider reported {} prompt and {} completion tokens, more than {}'s context window of {window}; charged as {prompt} + {completion}",
+        usage.prompt_tokens, usage.completion_tokens, endpoint.model
+    );
+    (
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: usage.cached_tokens.min(prompt),
+            reasoning_tokens: usage.reasoning_tokens.min(completion),
+            ..usage
+        },
+        Some(note),
+    )
 }
 
 /// What an attempt cost at an endpoint's prices.
@@ -644,6 +686,26 @@ mod tests {
         };
         // 600 × $1/M + 400 × $0.25/M + 100 × $4/M = 600 + 100 + 400 µ$.
         assert_eq!(cost(&e, u), MicroUsd(1100));
+
+        // A provider claiming 2^64 − 1 tokens is charged for at most the window.
+        let absurd = Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            ..u
+        };
+        let (bounded, note) = bounded_usage(&e, absurd);
+        assert_eq!(
+            (bounded.prompt_tokens, bounded.completion_tokens),
+            (1000, 0)
+        );
+        assert!(note.unwrap().contains("context window of 1000"));
+        assert!(cost(&e, bounded) <= MicroUsd(1000));
+        let fine = Usage {
+            prompt_tokens: 700,
+            completion_tokens: 300,
+            ..u
+        };
+        assert_eq!(bounded_usage(&e, fine), (fine, None));
     }
 
     #[test]
