@@ -169,3 +169,63 @@ async fn usage_totals_equal_the_demo_figures() {
         report.escalation_rate
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_database_refuses_is_quarantined_and_blocks_nothing() {
+    use switchyard::envelope::{Attempt, AttemptClass};
+    use switchyard::ledger::{LedgerAttempt, LedgerRecord};
+    use switchyard::money::MicroUsd;
+    let pg = Postgres::start();
+    let store = PgLedger::new(&pg.url).unwrap();
+    let attempt = |id: &str, error: Option<&str>| {
+        LedgerRecord::Attempt(LedgerAttempt {
+            job_id: "j-1".into(),
+            tenant: "acme".into(),
+            pipeline: "p".into(),
+            at: switchyard::envelope::now(),
+            attempt: Attempt {
+                attempt_id: id.into(),
+                stage: "triage".into(),
+                provider: "simcloud".into(),
+                model: "m".into(),
+                status: Some(500),
+                class: AttemptClass::Transient,
+                error: error.map(str::to_string),
+                latency_ms: 1,
+                prompt_tokens: 10,
+                completion_tokens: 1,
+                cost_micro_usd: MicroUsd(7),
+                repair: false,
+                key: None,
+                tenant_key: false,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+                provider_cost_micro_usd: None,
+            },
+        })
+    };
+    // A provider error text with a NUL in it: PostgreSQL's TEXT refuses it.
+    let batch = [
+        attempt("a-1", None),
+        attempt("a-2", Some("upstream said \u{0000} and stopped")),
+        attempt("a-3", Some("plain")),
+    ];
+    store.write(&batch).await.expect("the batch is not stuck");
+    assert_eq!(
+        store.totals().await.unwrap(),
+        (2, 14),
+        "the records around the refused one are written"
+    );
+    // Written again (a replay of the topic): still one quarantined copy, nothing blocked.
+    store.write(&batch).await.expect("the replay is not stuck");
+    assert_eq!(store.totals().await.unwrap(), (2, 14));
+    let report = usage(&store, None, &[]).await.unwrap();
+    assert_eq!(report.quarantined, 1);
+    let client = store.client().await.unwrap();
+    let kept: String = client
+        .query_one("SELECT record FROM ledger_quarantine", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(kept.contains("a-2") && kept.contains("\\u0000"), "{kept}");
+}

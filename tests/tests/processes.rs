@@ -11,7 +11,7 @@ use switchyard::config::Pipeline;
 use switchyard::kafka::client::{read_until, reader};
 use switchyard_testkit::Tally;
 use switchyard_testkit::fixtures::{
-    copy_llm_pipelines, quiet_profile, spawn_run, switchyard_bin, test_kafka,
+    copy_llm_pipelines, quiet_profile, run_command, switchyard_bin, test_kafka,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -75,7 +75,11 @@ async fn dev_broker_produce_and_run_as_separate_processes() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("produced 20 jobs"));
 
-    let mut run = spawn_run(&pipelines, &bootstrap, &sim.base_url());
+    let log = dir.path().join("run.log");
+    let mut run = run_command(&pipelines, &bootstrap, &sim.base_url())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     let pipeline = Pipeline::load(&triage).unwrap();
     let kafka = test_kafka(&bootstrap);
     // `produce` gave the jobs fresh ids, so count what comes back instead of naming it.
@@ -93,6 +97,9 @@ async fn dev_broker_produce_and_run_as_separate_processes() {
         .status()
         .unwrap();
     let status = run.wait().unwrap();
+    // `run` says loudly that its providers are the simulator.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("answers as llm-sim"), "{text}");
     let _ = broker.kill();
     let _ = broker.wait();
 

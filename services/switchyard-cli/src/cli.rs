@@ -715,7 +715,8 @@ fn load(dir: &Path) -> anyhow::Result<Pipeline> {
 }
 
 async fn demo(a: DemoArgs) -> anyhow::Result<()> {
-    crate::log::init("warn");
+    // These tools run the simulator on purpose: no "answers as llm-sim" warning.
+    crate::log::init("warn,switchyard::simulator=off");
     let progress = !a.json || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let summary = run_demo(DemoOptions {
         jobs: a.jobs,
@@ -972,7 +973,8 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
 }
 
 async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
-    crate::log::init("warn");
+    // These tools run the simulator on purpose: no "answers as llm-sim" warning.
+    crate::log::init("warn,switchyard::simulator=off");
     let bin_dir = std::env::current_exe()?
         .parent()
         .map(Path::to_path_buf)
@@ -997,7 +999,8 @@ async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
 }
 
 async fn batch(a: BatchArgs) -> anyhow::Result<()> {
-    crate::log::init("warn");
+    // These tools run the simulator on purpose: no "answers as llm-sim" warning.
+    crate::log::init("warn,switchyard::simulator=off");
     let summary = crate::tools::batch::run_batch(crate::tools::batch::BatchOptions {
         pipeline: locate(&a.pipeline),
         input: locate_file(&a.input),
@@ -1032,7 +1035,8 @@ async fn batch(a: BatchArgs) -> anyhow::Result<()> {
 }
 
 async fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    crate::log::init("warn");
+    // These tools run the simulator on purpose: no "answers as llm-sim" warning.
+    crate::log::init("warn,switchyard::simulator=off");
     let report = crate::tools::eval::run_eval(crate::tools::eval::EvalOptions {
         pipeline: locate(&a.pipeline),
         data: locate_file(&a.data),
@@ -1098,7 +1102,8 @@ async fn report(a: ReportArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    crate::log::init("warn");
+    // These tools run the simulator on purpose: no "answers as llm-sim" warning.
+    crate::log::init("warn,switchyard::simulator=off");
     let bin_dir = std::env::current_exe()?
         .parent()
         .map(Path::to_path_buf)

@@ -35,6 +35,46 @@ pub enum OptionError {
         "Kafka option `{0}` cannot be overridden: Switchyard sets it to keep at-least-once delivery"
     )]
     Protected(String),
+    /// `key=env:NAME` names a variable that is not set.
+    #[error("Kafka option `{key}` reads the environment variable {var}, which is not set")]
+    MissingEnv {
+        /// The option.
+        key: String,
+        /// The variable.
+        var: String,
+    },
+    /// `key=file:PATH` names a file that cannot be read.
+    #[error("Kafka option `{key}` reads the file {path}: {why}")]
+    File {
+        /// The option.
+        key: String,
+        /// The file.
+        path: String,
+        /// Why it could not be read.
+        why: String,
+    },
+}
+
+/// A `-X` value as given, or read from the environment (`env:NAME`) or a file (`file:PATH`,
+/// surrounding whitespace trimmed): secrets such as `sasl.password` need not appear on the
+/// command line, where the process list shows them.
+fn secret_value(key: &str, v: &str) -> Result<String, OptionError> {
+    if let Some(var) = v.strip_prefix("env:") {
+        return std::env::var(var).map_err(|_| OptionError::MissingEnv {
+            key: key.to_string(),
+            var: var.to_string(),
+        });
+    }
+    if let Some(path) = v.strip_prefix("file:") {
+        return std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| OptionError::File {
+                key: key.to_string(),
+                path: path.to_string(),
+                why: e.to_string(),
+            });
+    }
+    Ok(v.to_string())
 }
 
 /// Where the brokers are and any extra librdkafka properties.
@@ -64,8 +104,9 @@ impl KafkaSettings {
             if PROTECTED.contains(&k.trim()) {
                 return Err(OptionError::Protected(k.trim().to_string()));
             }
-            self.options
-                .push((k.trim().to_string(), v.trim().to_string()));
+            let key = k.trim().to_string();
+            let value = secret_value(&key, v.trim())?;
+            self.options.push((key, value));
         }
         Ok(self)
     }
@@ -126,5 +167,42 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", "100")
             .set("enable.partition.eof", "false");
         self.apply(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_values_may_come_from_a_file_and_never_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cret-value\n").unwrap();
+        let k = KafkaSettings::new("b:9092")
+            .with_options(&[
+                format!("sasl.password=file:{}", secret.display()),
+                "security.protocol=SASL_SSL".into(),
+            ])
+            .unwrap();
+        assert_eq!(
+            k.options,
+            [
+                ("sasl.password".to_string(), "s3cret-value".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string())
+            ]
+        );
+        let missing = KafkaSettings::new("b:9092")
+            .with_options(&["sasl.password=env:SWITCHYARD_TEST_UNSET_VARIABLE".into()])
+            .unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("SWITCHYARD_TEST_UNSET_VARIABLE")
+        );
+        let gone = KafkaSettings::new("b:9092")
+            .with_options(&["sasl.password=file:/nonexistent/password".into()])
+            .unwrap_err();
+        assert!(gone.to_string().contains("/nonexistent/password"));
     }
 }

@@ -216,21 +216,53 @@ const INSERT_JOB: &str = "INSERT INTO ledger_jobs (pipeline, job_id, tenant, out
      needs_review, cost_micro_usd, latency_ms, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
      ON CONFLICT (pipeline, job_id) DO NOTHING";
 
+/// Why a batch was not written.
+enum WriteError {
+    /// The database is down or busy: retry the batch later.
+    Unavailable(StoreError),
+    /// The database refused something in the batch (bad data, SQLSTATE class 22 or 23):
+    /// retrying the same batch can never succeed.
+    Refused(String),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError::Unavailable(e)
+    }
+}
+
+fn refused(what: &str) -> impl Fn(tokio_postgres::Error) -> WriteError + '_ {
+    move |e| {
+        let data = e
+            .as_db_error()
+            .is_some_and(|d| matches!(&d.code().code()[..2], "22" | "23"));
+        if data {
+            WriteError::Refused(format!("{what}: {e}"))
+        } else {
+            WriteError::Unavailable(StoreError(format!("{what}: {e}")))
+        }
+    }
+}
+
 fn i64_of(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-impl LedgerStore for PgLedger {
-    fn write<'a>(&'a self, batch: &'a [LedgerRecord]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+impl PgLedger {
+    /// Writes `batch` in one transaction.
+    async fn write_batch(&self, batch: &[LedgerRecord]) -> Result<(), WriteError> {
+        {
             self.ready().await?;
             let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db("begin"))?;
+            let tx = client.transaction().await.map_err(refused("begin"))?;
             let attempt_stmt = tx
                 .prepare_cached(INSERT_ATTEMPT)
                 .await
-                .map_err(db("prepare"))?;
-            let job_stmt = tx.prepare_cached(INSERT_JOB).await.map_err(db("prepare"))?;
+                .map_err(refused("prepare"))?;
+            let job_stmt = tx
+                .prepare_cached(INSERT_JOB)
+                .await
+                .map_err(refused("prepare"))?;
             for r in batch {
                 match r {
                     LedgerRecord::Attempt(l) => {
@@ -264,7 +296,7 @@ impl LedgerStore for PgLedger {
                             ],
                         )
                         .await
-                        .map_err(db("insert attempt"))?;
+                        .map_err(refused("insert attempt"))?;
                     }
                     LedgerRecord::Job(j) => {
                         let latency = j.latency_ms.map(i64_of);
@@ -289,7 +321,7 @@ impl LedgerStore for PgLedger {
                             ],
                         )
                         .await
-                        .map_err(db("insert job"))?;
+                        .map_err(refused("insert job"))?;
                     }
                     LedgerRecord::Audit(a) => {
                         tx.execute(
@@ -308,7 +340,7 @@ impl LedgerStore for PgLedger {
                             ],
                         )
                         .await
-                        .map_err(db("insert audit"))?;
+                        .map_err(refused("insert audit"))?;
                     }
                     LedgerRecord::ThresholdMove(m) => {
                         let c = &m.change;
@@ -328,12 +360,55 @@ impl LedgerStore for PgLedger {
                             ],
                         )
                         .await
-                        .map_err(db("insert threshold move"))?;
+                        .map_err(refused("insert threshold move"))?;
                     }
                 }
             }
-            tx.commit().await.map_err(db("commit"))?;
+            tx.commit().await.map_err(refused("commit"))?;
             Ok(())
+        }
+    }
+
+    /// Keeps a record PostgreSQL refuses, as JSON text with the reason, so it never blocks the
+    /// records behind it and stays visible (`ledger_quarantine`, counted by `usage`).
+    async fn quarantine(&self, record: &LedgerRecord, why: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        // serde_json escapes control characters (a NUL becomes \u0000), which TEXT accepts.
+        let text = serde_json::to_string(record).unwrap_or_default();
+        let why = why.replace('\0', "");
+        tracing::error!(error = %why, "the database refused a ledger record; kept in ledger_quarantine");
+        client
+            .execute(
+                // A replayed ledger topic brings the same record again: kept once.
+                "INSERT INTO ledger_quarantine (record, error) SELECT $1, $2 \
+                 WHERE NOT EXISTS (SELECT 1 FROM ledger_quarantine WHERE record = $1)",
+                &[&text, &why],
+            )
+            .await
+            .map_err(db("quarantine"))?;
+        Ok(())
+    }
+}
+
+impl LedgerStore for PgLedger {
+    fn write<'a>(&'a self, batch: &'a [LedgerRecord]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.write_batch(batch).await {
+                Ok(()) => Ok(()),
+                Err(WriteError::Unavailable(e)) => Err(e),
+                // Something in the batch is refused: write the records one by one, and keep
+                // the refused ones aside instead of retrying the whole batch for ever.
+                Err(WriteError::Refused(_)) => {
+                    for r in batch {
+                        match self.write_batch(std::slice::from_ref(r)).await {
+                            Ok(()) => {}
+                            Err(WriteError::Unavailable(e)) => return Err(e),
+                            Err(WriteError::Refused(why)) => self.quarantine(r, &why).await?,
+                        }
+                    }
+                    Ok(())
+                }
+            }
         })
     }
 

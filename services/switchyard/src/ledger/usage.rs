@@ -95,6 +95,8 @@ pub struct UsageReport {
     pub groups: Vec<UsageFigures>,
     /// Audited precision of each audited stage (gate.audit) in the window.
     pub audits: Vec<AuditedStage>,
+    /// Ledger records the database refused in the window, kept in `ledger_quarantine`.
+    pub quarantined: u64,
 }
 
 /// One stage's audits: how often the next stage agreed with what it accepted.
@@ -294,8 +296,18 @@ pub async fn usage(
             a.threshold = row.get(3);
         }
     }
+    let quarantined = client
+        .query_one(
+            "SELECT COUNT(*)::BIGINT FROM ledger_quarantine WHERE at >= $1",
+            &[&from],
+        )
+        .await
+        .map_err(db("usage quarantine"))?
+        .get::<_, i64>(0)
+        .max(0) as u64;
     Ok(UsageReport {
         audits,
+        quarantined,
         since: since.and_then(|s| {
             s.format(&time::format_description::well_known::Rfc3339)
                 .ok()
@@ -355,6 +367,12 @@ pub fn usage_table(r: &UsageReport, by: &[GroupBy]) -> String {
     }
     for (k, v) in &r.totals.failures_by_class {
         out.push_str(&format!("  failed attempts {k}: {v}\n"));
+    }
+    if r.quarantined > 0 {
+        out.push_str(&format!(
+            "  ledger records the database refused (kept in ledger_quarantine): {}\n",
+            r.quarantined
+        ));
     }
     if !r.audits.is_empty() {
         out.push_str("\naudited precision (the next stage re-did a sample of accepted jobs)\n");

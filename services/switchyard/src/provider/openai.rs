@@ -50,6 +50,8 @@ pub struct OpenAiCompatible {
     provider: Provider,
     url: String,
     http: reqwest::Client,
+    /// Whether the "this is the simulator" warning was given.
+    warned_sim: std::sync::atomic::AtomicBool,
 }
 
 impl OpenAiCompatible {
@@ -63,6 +65,7 @@ impl OpenAiCompatible {
             provider,
             url,
             http,
+            warned_sim: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -119,6 +122,23 @@ impl OpenAiCompatible {
         )
         .await?;
         let status = reply.status;
+        if reply
+            .json
+            .as_ref()
+            .and_then(|j| j.get("id"))
+            .and_then(Value::as_str)
+            .is_some_and(|id| id.starts_with("chatcmpl-sim-"))
+            && !self
+                .warned_sim
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                target: "switchyard::simulator",
+                provider = %self.provider.name,
+                url = %redacted_url(&self.url),
+                "this provider answers as llm-sim, the simulator: its answers are made up. Point it at a real provider before production"
+            );
+        }
         if !(200..300).contains(&status) {
             return Err(http_error(
                 &reply,
