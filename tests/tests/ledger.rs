@@ -229,3 +229,43 @@ async fn a_record_the_database_refuses_is_quarantined_and_blocks_nothing() {
         .get(0);
     assert!(kept.contains("a-2") && kept.contains("\\u0000"), "{kept}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_id_of_two_tenants_and_a_replay_each_reach_the_ledger() {
+    use switchyard::envelope::DeadLetterReason;
+    use switchyard::ledger::{JobOutcome, LedgerJob, LedgerRecord};
+    let pg = Postgres::start();
+    let store = PgLedger::new(&pg.url).unwrap();
+    let ended = |tenant: &str, redrive: u32, outcome: JobOutcome| {
+        LedgerRecord::Job(LedgerJob {
+            job_id: "42".into(),
+            tenant: tenant.into(),
+            pipeline: "p".into(),
+            redrive_count: redrive,
+            outcome,
+            stage: "triage".into(),
+            reason: (outcome == JobOutcome::DeadLetter)
+                .then_some(DeadLetterReason::ProviderExhausted),
+            escalated: false,
+            escalation_reasons: Vec::new(),
+            needs_review: false,
+            cost_micro_usd: 5,
+            latency_ms: None,
+            at: switchyard::envelope::now(),
+        })
+    };
+    let batch = [
+        ended("acme", 0, JobOutcome::DeadLetter),
+        ended("globex", 0, JobOutcome::Result),
+        // acme's job 42 replayed from the dead-letter topic, and finished this time.
+        ended("acme", 1, JobOutcome::Result),
+    ];
+    store.write(&batch).await.unwrap();
+    store.write(&batch).await.unwrap(); // a replayed ledger topic changes nothing
+    let report = usage(&store, None, &[]).await.unwrap();
+    assert_eq!(report.jobs, 3, "{report:?}");
+    assert_eq!(
+        report.dead_letters_by_reason.get("provider_exhausted"),
+        Some(&1)
+    );
+}

@@ -45,7 +45,7 @@ async fn confident_tickets_are_accepted_at_triage_with_schema_valid_output() {
         assert!(validator.is_valid(&r.output), "{id}: {}", r.output);
         assert_eq!(r.attempts.len(), 1);
         assert_eq!(r.attempts[0].class, AttemptClass::Ok);
-        assert_eq!(r.attempts[0].attempt_id, format!("{id}/triage/1"));
+        assert_eq!(r.attempts[0].attempt_id, format!("acme:{id}/triage/1"));
         assert!(r.attempts[0].prompt_tokens > 0);
         assert!(r.cost_micro_usd.0 > 0);
         assert_eq!(r.cost_micro_usd, r.attempts[0].cost_micro_usd);

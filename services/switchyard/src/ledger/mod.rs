@@ -4,7 +4,8 @@
 //! Stages publish [`LedgerRecord`]s to the pipeline's ledger topic together with the job's
 //! output (both acknowledged before the offset moves). The sink ([`run_sink`]) reads that topic
 //! and writes to a [`LedgerStore`]: PostgreSQL through deadpool-postgres with versioned
-//! migrations (refinery), idempotent on `attempt_id` and on `(pipeline, job_id)`, or an
+//! migrations (refinery), idempotent on `attempt_id` and on `(pipeline, tenant, job_id,
+//! redrive_count)`, or an
 //! in-memory store for the demo. When the database is down the sink waits and retries the same
 //! batch; its offsets only move after a write succeeds, so it catches up without losing or
 //! double-counting anything, while the pipeline keeps running.
@@ -102,6 +103,10 @@ pub struct LedgerJob {
     pub tenant: TenantId,
     /// Pipeline.
     pub pipeline: String,
+    /// How often the job had been replayed from the dead-letter topic when it ended (each
+    /// replay's outcome is its own ledger row).
+    #[serde(default)]
+    pub redrive_count: u32,
     /// How it ended.
     pub outcome: JobOutcome,
     /// The stage where it ended.
@@ -150,6 +155,7 @@ impl LedgerJob {
             job_id: r.job_id.clone(),
             tenant: r.tenant.clone(),
             pipeline: r.pipeline.clone(),
+            redrive_count: 0,
             outcome: JobOutcome::Result,
             stage: r.stage.clone(),
             reason: None,
@@ -169,6 +175,7 @@ impl LedgerJob {
             job_id: d.job_id.clone().unwrap_or_default(),
             tenant: d.tenant.clone().unwrap_or_default(),
             pipeline: d.pipeline.clone(),
+            redrive_count: d.redrive_count,
             outcome: JobOutcome::DeadLetter,
             stage: d.stage.clone(),
             reason: Some(d.reason),

@@ -67,8 +67,11 @@ impl LedgerStore for MemoryLedger {
                             .or_insert_with(|| a.clone());
                     }
                     LedgerRecord::Job(j) => {
-                        jobs.entry((j.pipeline.clone(), j.job_id.to_string()))
-                            .or_insert_with(|| j.clone());
+                        jobs.entry((
+                            j.pipeline.clone(),
+                            format!("{}:{}:{}", j.tenant, j.job_id, j.redrive_count),
+                        ))
+                        .or_insert_with(|| j.clone());
                     }
                     LedgerRecord::Audit(a) => {
                         let mut audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
@@ -207,14 +210,14 @@ const INSERT_ATTEMPT: &str = "INSERT INTO ledger_attempts (attempt_id, job_id, t
      VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) ON CONFLICT (attempt_id) DO NOTHING";
 
 const INSERT_AUDIT: &str = "INSERT INTO ledger_audits (pipeline, job_id, stage, tenant, auditor, decision, auditor_decision, agreed, \
-     confidence, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (pipeline, job_id, stage) DO NOTHING";
+     confidence, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (pipeline, tenant, job_id, stage) DO NOTHING";
 
 const INSERT_MOVE: &str = "INSERT INTO ledger_threshold_moves (pipeline, stage, at, from_threshold, to_threshold, target, audits, \
      agreed, lower, upper) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (pipeline, stage, at) DO NOTHING";
 
 const INSERT_JOB: &str = "INSERT INTO ledger_jobs (pipeline, job_id, tenant, outcome, stage, reason, escalated, escalation_reasons, \
-     needs_review, cost_micro_usd, latency_ms, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
-     ON CONFLICT (pipeline, job_id) DO NOTHING";
+     needs_review, cost_micro_usd, latency_ms, at, redrive_count) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
+     ON CONFLICT (pipeline, tenant, job_id, redrive_count) DO NOTHING";
 
 /// Why a batch was not written.
 enum WriteError {
@@ -318,6 +321,7 @@ impl PgLedger {
                                 &i64_of(j.cost_micro_usd),
                                 &latency,
                                 &j.at,
+                                &i32::try_from(j.redrive_count).unwrap_or(i32::MAX),
                             ],
                         )
                         .await

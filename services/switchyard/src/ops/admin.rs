@@ -131,7 +131,21 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
         "<h2>Dead letters</h2><form method=\"get\" action=\"/\">reason <input name=\"reason\" id=\"reason\" value=\"{}\"> <button type=\"submit\">filter</button></form>",
         esc(q.reason.as_deref().unwrap_or(""))
     ));
-    match crate::output::replay::read_picture(&ops.kafka, p, Duration::from_millis(700)).await {
+    // Bounded whatever the topics hold: the newest 200 matching dead letters, slimmed.
+    let keep = crate::output::replay::Keep {
+        job_id: None,
+        filter: &filter,
+        at_most: 200,
+        slim: true,
+    };
+    match crate::output::replay::read_picture_bounded(
+        &ops.kafka,
+        p,
+        Duration::from_millis(700),
+        keep,
+    )
+    .await
+    {
         Err(e) => h.push_str(&format!(
             "<p>cannot read the dead-letter topic: {}</p>",
             esc(&e.to_string())
@@ -139,7 +153,7 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
         Ok(picture) => {
             let rows = crate::output::replay::list(&picture, &filter);
             h.push_str(&format!(
-                "<table id=\"dlq\"><tr><th>failed at</th><th>job</th><th>tenant</th><th>stage</th><th>reason</th><th class=\"num\">redrives</th><th>detail</th><th></th></tr><caption>{} dead letters</caption>",
+                "<table id=\"dlq\"><tr><th>failed at</th><th>job</th><th>tenant</th><th>stage</th><th>reason</th><th class=\"num\">redrives</th><th>detail</th><th></th></tr><caption>{} dead letters (the newest, at most 200)</caption>",
                 rows.len()
             ));
             for r in rows.iter().rev().take(200) {
@@ -183,10 +197,19 @@ pub(super) async fn replay(
     State(ops): State<Arc<Ops>>,
     axum::Form(form): axum::Form<ReplayForm>,
 ) -> Response {
-    let picture = match crate::output::replay::read_picture(
+    // Only this job's dead letters are kept (a replay needs their originals).
+    let all = crate::output::replay::Filter::default();
+    let keep = crate::output::replay::Keep {
+        job_id: Some(form.job_id.as_str()),
+        filter: &all,
+        at_most: 100,
+        slim: false,
+    };
+    let picture = match crate::output::replay::read_picture_bounded(
         &ops.kafka,
         &ops.pipeline,
         Duration::from_millis(700),
+        keep,
     )
     .await
     {

@@ -470,6 +470,9 @@ impl Composer<'_> {
             if j.job_id.is_empty() {
                 j.job_id = job_id.clone();
             }
+            if let Some(job) = job {
+                j.redrive_count = job.redrive_count;
+            }
             j.at = at;
             LedgerRecord::Job(j)
         }));

@@ -70,6 +70,76 @@ pub async fn read_picture(
     Ok(picture)
 }
 
+/// What a bounded read keeps of the dead-letter topic.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep<'a> {
+    /// Only dead letters of this job (a replay), else every one that passes `filter`.
+    pub job_id: Option<&'a str>,
+    /// The filter (reason) for a listing.
+    pub filter: &'a Filter,
+    /// At most this many, the newest (per partition order).
+    pub at_most: usize,
+    /// Drop each kept dead letter's original message and attempts (a listing shows neither).
+    pub slim: bool,
+}
+
+/// [`read_picture`] with bounded memory, for a server answering many requests: the dead-letter
+/// topic is read first, keeping only what `keep` asks for; then the results topic, keeping
+/// only the ids of those dead letters' jobs. Whatever the topics hold, one request holds at most
+/// `keep.at_most` dead letters (slim ones, for a listing) and as many ids.
+pub async fn read_picture_bounded(
+    kafka: &KafkaSettings,
+    pipeline: &Pipeline,
+    idle: Duration,
+    keep: Keep<'_>,
+) -> Result<Picture, ClientError> {
+    let mut dead = std::collections::VecDeque::new();
+    let consumer = reader(kafka, &[&pipeline.topics.dlq])?;
+    read_until(&consumer, idle, |_, payload| {
+        if let Ok(mut d) = serde_json::from_slice::<DeadLetter>(payload) {
+            let wanted = match keep.job_id {
+                Some(id) => d.job_id.as_deref() == Some(id),
+                None => keep.filter.admits(&d),
+            };
+            if wanted {
+                if keep.slim {
+                    d.original = crate::envelope::Original::Utf8(String::new());
+                    d.attempts = Vec::new();
+                    d.detail = d.detail.chars().take(500).collect();
+                }
+                dead.push_back(d);
+                if dead.len() > keep.at_most {
+                    dead.pop_front();
+                }
+            }
+        }
+        false
+    })
+    .await;
+    drop(consumer);
+    let ids: std::collections::HashSet<String> = dead
+        .iter()
+        .filter_map(|d| d.job_id.as_ref().map(ToString::to_string))
+        .collect();
+    let mut finished = std::collections::HashSet::new();
+    if !ids.is_empty() {
+        let consumer = reader(kafka, &[&pipeline.topics.results])?;
+        read_until(&consumer, idle, |_, payload| {
+            if let Some(id) = crate::envelope::job_id_hint(payload)
+                && ids.contains(id.as_str())
+            {
+                finished.insert(id.to_string());
+            }
+            false
+        })
+        .await;
+    }
+    Ok(Picture {
+        dead: dead.into(),
+        finished,
+    })
+}
+
 /// One line of `dlq list`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Listed {

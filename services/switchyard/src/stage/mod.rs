@@ -487,8 +487,15 @@ struct Attempts {
 
 impl Attempts {
     fn new(job: &Intake, stage: &str) -> Self {
+        // Unique across tenants (two tenants may use the same job id) and across replays (a
+        // replayed job's calls cost money too and must reach the ledger, whose key this is).
+        let redrive = if job.redrive_count > 0 {
+            format!("/redrive-{}", job.redrive_count)
+        } else {
+            String::new()
+        };
         Self {
-            prefix: format!("{}/{}", job.job_id, stage),
+            prefix: format!("{}:{}{redrive}/{}", job.tenant, job.job_id, stage),
             stage: stage.into(),
             list: Vec::new(),
             tenant: None,
