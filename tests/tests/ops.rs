@@ -346,10 +346,39 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
         403,
         "a foreign Host header (DNS rebinding)"
     );
+    // A session, as the login form makes one (the cookie is a session id, not the token).
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{admin_url}login"))
+        .header("origin", format!("http://127.0.0.1:{admin_port}"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    let session = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("the login sets a session cookie")
+        .to_string();
+    assert!(!session.contains(token), "the cookie is not the token");
+    assert_eq!(
+        status(
+            http.get(&admin_url)
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
     assert_eq!(
         status(
             http.post(format!("{admin_url}dlq/replay"))
-                .header("cookie", format!("switchyard_admin={token}"))
+                .header("cookie", &session)
                 .header("origin", "http://evil.example")
                 .form(&[("job_id", "ops-dead-0")])
                 .send()

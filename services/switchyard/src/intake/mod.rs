@@ -539,11 +539,22 @@ impl JobTask {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!(topic = %received.source.topic, partition = received.source.partition, offset = received.source.offset, panic = %what, "a job's task panicked; dead-lettering it as internal_error");
+                let stage = &self.shared.runner.stage;
+                let decoded = decode::Decoder {
+                    pipeline: &self.shared.pipeline.name,
+                    stage: &stage.name,
+                    first: stage.index == 0,
+                    schemas: &self.shared.schemas,
+                }
+                .decode(&received.payload)
+                .ok();
                 self.shared.composer().internal_error(
                     Input {
                         source: &received.source,
                         payload: &received.payload,
                     },
+                    decoded.as_ref().map(|j| &j.intake),
+                    decoded.as_ref().map(|j| j.history.clone()).unwrap_or_default(),
                     &what,
                 )
             }),
@@ -575,19 +586,23 @@ impl JobTask {
                         payload: &received.payload,
                     };
                     let dl = self.shared.composer().refused(input, &e.to_string());
-                    let published = self.shared.output.publish(&dl, &self.abandon).await.is_ok()
-                        || {
-                            // Even that was too much: position, reason and a few bytes.
-                            let minimal = self
-                                .shared
-                                .composer()
-                                .minimal_dead_letter(input, &e.to_string());
-                            self.shared
-                                .output
-                                .publish(&minimal, &self.abandon)
-                                .await
-                                .is_ok()
-                        };
+                    let first = self.shared.output.publish(&dl, &self.abandon).await;
+                    if matches!(first, Err(PublishError::ShuttingDown { .. })) {
+                        // Revoked or shutting down, not refused: the next owner redoes it.
+                        return;
+                    }
+                    let published = first.is_ok() || {
+                        // Even that was too much: position, reason and a few bytes.
+                        let minimal = self
+                            .shared
+                            .composer()
+                            .minimal_dead_letter(input, &e.to_string());
+                        self.shared
+                            .output
+                            .publish(&minimal, &self.abandon)
+                            .await
+                            .is_ok()
+                    };
                     if !published {
                         // Nowhere to put the job: stop loudly rather than move past it.
                         tracing::error!(

@@ -1,5 +1,6 @@
 //! Who may use the admin page. Every admin route needs the token — as `Authorization: Bearer
-//! TOKEN` (scripts) or the cookie the login form sets (browsers: HttpOnly, SameSite=Strict).
+//! TOKEN` (scripts) or, for browsers, the session cookie the login form sets (a random id, not
+//! the token; HttpOnly, SameSite=Strict, 12 hours, ended by a restart).
 //! Requests whose `Host` is not the address the page is served on (or a configured name) are
 //! refused, which defeats DNS rebinding; a POST carried by the cookie must come from the page
 //! itself (`Origin`, else `Referer`), which defeats cross-site request forgery. The token comes
@@ -60,11 +61,17 @@ impl AdminAccess {
     }
 }
 
+/// How long a browser session lasts.
+const SESSION: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 /// The access rules, with the address the page was bound to.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Gate {
     pub(super) access: AdminAccess,
     pub(super) hosts: Vec<String>,
+    /// Browser sessions (random ids, never the token) and when each began. A restart ends
+    /// them all.
+    sessions: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl Gate {
@@ -75,7 +82,36 @@ impl Gate {
             hosts.push(format!("[::1]:{}", bound.port()));
         }
         hosts.extend(access.extra_hosts.iter().cloned());
-        Gate { access, hosts }
+        Gate {
+            access,
+            hosts,
+            sessions: std::sync::Mutex::default(),
+        }
+    }
+
+    fn new_session(&self) -> String {
+        let id = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.retain(|(_, at)| at.elapsed() < SESSION);
+        s.push((id.clone(), std::time::Instant::now()));
+        id
+    }
+
+    fn session_ok(&self, offered: &str) -> bool {
+        let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.iter().any(|(id, at)| {
+            at.elapsed() < SESSION
+                && id.len() == offered.len()
+                && id
+                    .bytes()
+                    .zip(offered.bytes())
+                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                    == 0
+        })
     }
 }
 
@@ -99,13 +135,18 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// Whether a POST came from a page served by this host.
+/// Whether a POST came from a page served by this host (over HTTP, or HTTPS behind a proxy).
 fn same_origin(headers: &HeaderMap, host: &str) -> bool {
-    let ours = format!("http://{host}");
     let from = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let ours = |url: &str, exact: bool| {
+        ["http://", "https://"].iter().any(|scheme| {
+            let origin = format!("{scheme}{host}");
+            url == origin || (!exact && url.starts_with(&format!("{origin}/")))
+        })
+    };
     match (from(header::ORIGIN), from(header::REFERER)) {
-        (Some(origin), _) => origin == ours,
-        (None, Some(referer)) => referer == ours || referer.starts_with(&format!("{ours}/")),
+        (Some(origin), _) => ours(origin, true),
+        (None, Some(referer)) => ours(referer, false),
         (None, None) => false,
     }
 }
@@ -136,7 +177,7 @@ pub(super) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next:
         };
     }
     match cookie_token(headers) {
-        Some(t) if gate.access.matches(t) => {
+        Some(t) if gate.session_ok(t) => {
             if is_post && !same_origin(headers, host) {
                 (StatusCode::FORBIDDEN, "cross-origin request refused\n").into_response()
             } else {
@@ -188,8 +229,9 @@ pub(super) async fn login(
         [(
             header::SET_COOKIE,
             format!(
-                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-                gate.access.token.expose()
+                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                gate.new_session(),
+                SESSION.as_secs()
             ),
         )],
         Redirect::to("/"),
@@ -220,6 +262,20 @@ mod tests {
     }
 
     #[test]
+    fn a_browser_session_is_a_random_id_that_the_token_is_not() {
+        let access = AdminAccess::new("0123456789abcdef0123", vec![]).unwrap();
+        let gate = Gate::new(access, "127.0.0.1:8080".parse().unwrap());
+        let id = gate.new_session();
+        assert!(gate.session_ok(&id));
+        assert!(!id.contains("0123456789abcdef"));
+        assert!(
+            !gate.session_ok("0123456789abcdef0123"),
+            "the token is not a session"
+        );
+        assert!(!gate.session_ok(&id[1..]));
+    }
+
+    #[test]
     fn cookies_bearers_and_origins_are_read_as_sent() {
         let h = headers(&[
             (header::COOKIE, "a=1; switchyard_admin=tok; b=2"),
@@ -229,6 +285,8 @@ mod tests {
         assert_eq!(cookie_token(&h), Some("tok"));
         assert_eq!(bearer_token(&h), Some("xyz"));
         assert!(same_origin(&h, "127.0.0.1:8080"));
+        let proxied = headers(&[(header::ORIGIN, "https://admin.example")]);
+        assert!(same_origin(&proxied, "admin.example"));
         assert!(!same_origin(&h, "evil.example:8080"));
         let referer = headers(&[(header::REFERER, "http://127.0.0.1:8080/?reason=x")]);
         assert!(same_origin(&referer, "127.0.0.1:8080"));

@@ -147,17 +147,27 @@ impl Composer<'_> {
 
     /// What a message whose job task panicked leaves: a dead letter (`internal_error`) with a
     /// bounded excerpt of the message, and its ledger record.
-    pub fn internal_error(&self, input: Input<'_>, what: &str) -> Composed {
+    pub fn internal_error(
+        &self,
+        input: Input<'_>,
+        job: Option<&Intake>,
+        history: Vec<EscalationStep>,
+        what: &str,
+    ) -> Composed {
         let what: String = what.chars().take(500).collect();
-        let failure = self.failure(
+        let mut failure = self.failure(
             DeadLetterReason::InternalError,
             format!(
                 "the stage failed on this message ({what}) at topic {} partition {} offset {}; it is kept here, not retried. Please report it",
                 input.source.topic, input.source.partition, input.source.offset
             ),
         );
-        let dl = self.dead_letter(input, None, failure, Some(REFUSED_EXCERPT_BYTES));
-        self.finish(input, None, Vec::new(), Ended::DeadLetter(Box::new(dl)))
+        failure.escalations = history;
+        // With the decoded job, the dead letter carries it whole (tenant, redrive count, a
+        // replayable original); without, a bounded excerpt.
+        let excerpt = job.is_none().then_some(REFUSED_EXCERPT_BYTES);
+        let dl = self.dead_letter(input, job, failure, excerpt);
+        self.finish(input, job, Vec::new(), Ended::DeadLetter(Box::new(dl)))
     }
 
     /// What a stage's decision for `job` leaves.

@@ -156,7 +156,8 @@ pub fn classify_status(status: u16, message: &str) -> AttemptClass {
     match status {
         // A moderation refusal of one prompt (OpenRouter answers 403 "input was flagged") is
         // the job's content-policy outcome, not a failing key.
-        400 | 403 | 422 if is_content_policy_message(&lower) => AttemptClass::ContentPolicy,
+        400 | 422 if is_content_policy_message(&lower) => AttemptClass::ContentPolicy,
+        403 if is_moderation_refusal(&lower) => AttemptClass::ContentPolicy,
         401 | 403 => AttemptClass::Auth,
         402 => AttemptClass::OutOfCredit,
         404 => AttemptClass::Catalog,
@@ -167,6 +168,15 @@ pub fn classify_status(status: u16, message: &str) -> AttemptClass {
         400..=499 => AttemptClass::InvalidRequest,
         _ => AttemptClass::Transient,
     }
+}
+
+/// A 403 that refuses this input (OpenRouter's moderation), not the account or key: "your
+/// account has been flagged" stays an auth failure.
+fn is_moderation_refusal(lower: &str) -> bool {
+    ["input was flagged", "flagged by moderation", "moderation"]
+        .iter()
+        .any(|p| lower.contains(p))
+        && !lower.contains("account")
 }
 
 fn is_context_message(lower: &str) -> bool {
@@ -284,6 +294,10 @@ mod tests {
             AttemptClass::ContentPolicy
         );
         assert_eq!(classify_status(403, "Forbidden"), AttemptClass::Auth);
+        assert_eq!(
+            classify_status(403, "Your account has been flagged"),
+            AttemptClass::Auth
+        );
     }
 }
 
