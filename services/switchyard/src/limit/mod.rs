@@ -371,6 +371,18 @@ impl Limits {
         }
     }
 
+    /// A call with the key succeeded: its past suspensions are forgiven (the next refusal
+    /// pauses it for [`FIRST_SUSPENSION`] again).
+    pub fn succeeded(&self, provider: &str, key: &KeyId) {
+        if let Some(k) = self.slot(provider, key) {
+            let mut s = k.standing.lock().unwrap_or_else(|e| e.into_inner());
+            if s.strikes > 0 {
+                s.strikes = 0;
+                s.disabled = None;
+            }
+        }
+    }
+
     fn slot(&self, provider: &str, key: &KeyId) -> Option<&KeySlot> {
         let p = self.providers.get(provider)?;
         match key {
@@ -537,8 +549,16 @@ mod tests {
             granted(l.try_acquire("p", 1, back + FIRST_SUSPENSION * 2, ANY)),
             Some(0)
         );
+        // Once the key works again, its record is forgiven: the next pause is the first one.
+        let ok_at = back + FIRST_SUSPENSION * 2;
+        l.succeeded("p", &KeyId::Shared(0));
+        l.disable("p", &KeyId::Shared(0), "HTTP 401", ok_at);
+        assert_eq!(
+            granted(l.try_acquire("p", 1, ok_at + FIRST_SUSPENSION, ANY)),
+            Some(0)
+        );
         // A provider asking for a rest of centuries gets a minute.
-        let t = back + FIRST_SUSPENSION * 2;
+        let t = ok_at + FIRST_SUSPENSION;
         l.cool_down("p", &KeyId::Shared(0), Duration::from_secs(u64::MAX / 4), t);
         match l.try_acquire("p", 1, t, ANY) {
             Capacity::Wait(d) => assert!(d <= MAX_COOL_DOWN, "{d:?}"),

@@ -454,6 +454,7 @@ impl StageRunner {
                     elapsed,
                     c.usage.completion_tokens,
                 );
+                self.deps.limits.succeeded(&endpoint.provider, &permit.key);
                 (Some(c.status), AttemptClass::Ok, None, c.usage)
             }
             Err(e) => {
