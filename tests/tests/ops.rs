@@ -131,8 +131,8 @@ impl Browser {
             .await;
     }
 
-    /// Text of the first element matching `css`, if any.
-    async fn text(&self, css: &str) -> Option<String> {
+    /// The WebDriver id of the first element matching `css`, if any.
+    async fn element(&self, css: &str) -> Option<String> {
         let el = self
             .call(
                 reqwest::Method::POST,
@@ -140,7 +140,12 @@ impl Browser {
                 json!({"using": "css selector", "value": css}),
             )
             .await;
-        let id = el.as_object()?.values().next()?.as_str()?.to_string();
+        Some(el.as_object()?.values().next()?.as_str()?.to_string())
+    }
+
+    /// Text of the first element matching `css`, if any.
+    async fn text(&self, css: &str) -> Option<String> {
+        let id = self.element(css).await?;
         self.call(
             reqwest::Method::GET,
             &format!("/element/{id}/text"),
@@ -152,14 +157,7 @@ impl Browser {
     }
 
     async fn attribute(&self, css: &str, name: &str) -> Option<String> {
-        let el = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        let id = el.as_object()?.values().next()?.as_str()?.to_string();
+        let id = self.element(css).await?;
         self.call(
             reqwest::Method::GET,
             &format!("/element/{id}/attribute/{name}"),
@@ -171,19 +169,10 @@ impl Browser {
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let el = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        let id = el
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {el}"))
-            .to_string();
+        let id = self
+            .element(css)
+            .await
+            .unwrap_or_else(|| panic!("no element {css}"));
         self.call(
             reqwest::Method::POST,
             &format!("/element/{id}/value"),
@@ -193,19 +182,10 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        let el = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        let id = el
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {el}"))
-            .to_string();
+        let id = self
+            .element(css)
+            .await
+            .unwrap_or_else(|| panic!("no element {css}"));
         self.call(
             reqwest::Method::POST,
             &format!("/element/{id}/click"),

@@ -156,31 +156,34 @@ fn the_local_tier_leaves_clinc150_out_of_scope_queries_to_the_models() {
     assert!(r["training"]["threshold"].as_f64().is_some(), "{r}");
 }
 
+/// `switchyard eval --json` of the flagship on 300 banking77 tickets against the overconfident
+/// simulator, with `extra` arguments.
+fn overconfident_eval(extra: &[&str]) -> Value {
+    let mut args = vec![
+        "eval",
+        "--pipeline",
+        "pipelines/support-triage",
+        "--data",
+        "pipelines/support-triage/eval/banking77-test.jsonl",
+        "--limit",
+        "300",
+        "--latency-scale",
+        "0",
+        "--sim-overconfidence",
+        "0.8",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 #[test]
 fn an_overconfident_model_fools_a_reported_confidence_gate_but_not_a_logprob_one() {
     // The simulated models overstate their confidence (0.95 when right 75% of the time);
     // their token logprobs stay honest. Same jobs, same seed, two gates.
-    let eval = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--pipeline",
-            "pipelines/support-triage",
-            "--data",
-            "pipelines/support-triage/eval/banking77-test.jsonl",
-            "--limit",
-            "300",
-            "--latency-scale",
-            "0",
-            "--sim-overconfidence",
-            "0.8",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    };
     // The LLM stages alone: with the local tier in front, it would take most tickets.
-    let reported = eval(&["--llm-stages-only"]);
-    let logprob = eval(&["--llm-stages-only", "--confidence-from", "logprob"]);
+    let reported = overconfident_eval(&["--llm-stages-only"]);
+    let logprob = overconfident_eval(&["--llm-stages-only", "--confidence-from", "logprob"]);
     assert_eq!(reported["simulator"]["name"], "overconfident");
     assert_eq!(logprob["confidence_from"][0], "logprob");
     let esc = |r: &Value| r["pipeline"]["escalation_rate"].as_f64().unwrap();
@@ -200,24 +203,12 @@ fn audits_move_an_overconfident_stage_threshold_toward_the_target() {
     // The cheap model says 0.95 whatever it knows; a gate that believes it accepts nearly
     // everything at 0.68. Auditing every accepted ticket against the strong model shows the
     // agreement is far below 0.9, so the threshold rises — and every move is in the ledger.
-    let r = run(&[
-        "eval",
-        "--pipeline",
-        "pipelines/support-triage",
-        "--data",
-        "pipelines/support-triage/eval/banking77-test.jsonl",
-        "--limit",
-        "300",
-        "--latency-scale",
-        "0",
-        "--sim-overconfidence",
-        "0.8",
+    let r = overconfident_eval(&[
         "--llm-stages-only",
         "--audit",
         "1.0",
         "--target-precision",
         "0.9",
-        "--json",
     ]);
     let audits = r["audits"].as_array().unwrap();
     let triage = audits.iter().find(|a| a["stage"] == "triage").unwrap();

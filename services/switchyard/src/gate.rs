@@ -156,31 +156,21 @@ mod tests {
         }
     }
 
+    /// The verdict at the spec's own threshold, with no evidence beyond the output.
+    fn verdict(s: &GateSpec, out: &Value, has_next: bool) -> Verdict {
+        judge(s, s.min_confidence, out, has_next, &Evidence::default())
+    }
+
     #[test]
     fn confident_and_harmless_is_accepted() {
         let out = json!({"confidence": 0.9, "urgency": "low", "category": "card_arrival"});
-        assert_eq!(
-            judge(
-                &spec(),
-                spec().min_confidence,
-                &out,
-                true,
-                &Evidence::default()
-            ),
-            Verdict::Accept
-        );
+        assert_eq!(verdict(&spec(), &out, true), Verdict::Accept);
     }
 
     #[test]
     fn low_confidence_escalates_with_the_numbers() {
         let out = json!({"confidence": 0.5, "urgency": "low", "category": "x"});
-        match judge(
-            &spec(),
-            spec().min_confidence,
-            &out,
-            true,
-            &Evidence::default(),
-        ) {
+        match verdict(&spec(), &out, true) {
             Verdict::Escalate { reason, detail } => {
                 assert_eq!(reason, EscalationReason::LowConfidence);
                 assert_eq!(detail, "confidence 0.50 is below 0.70");
@@ -194,13 +184,7 @@ mod tests {
         let out =
             json!({"confidence": 0.99, "urgency": "normal", "category": "lost_or_stolen_card"});
         assert!(matches!(
-            judge(
-                &spec(),
-                spec().min_confidence,
-                &out,
-                true,
-                &Evidence::default()
-            ),
+            verdict(&spec(), &out, true),
             Verdict::Escalate {
                 reason: EscalationReason::Rule,
                 ..
@@ -208,13 +192,7 @@ mod tests {
         ));
         let out = json!({"confidence": 0.99, "urgency": "high", "category": "x"});
         assert!(matches!(
-            judge(
-                &spec(),
-                spec().min_confidence,
-                &out,
-                true,
-                &Evidence::default()
-            ),
+            verdict(&spec(), &out, true),
             Verdict::Escalate {
                 reason: EscalationReason::Rule,
                 ..
@@ -226,42 +204,24 @@ mod tests {
     fn last_stage_reviews_or_rejects_by_policy() {
         let out = json!({"confidence": 0.2});
         assert!(matches!(
-            judge(
-                &spec(),
-                spec().min_confidence,
-                &out,
-                false,
-                &Evidence::default()
-            ),
+            verdict(&spec(), &out, false),
             Verdict::Review { .. }
         ));
         let mut s = spec();
         s.at_last_stage = LastStagePolicy::DeadLetter;
-        assert!(matches!(
-            judge(&s, s.min_confidence, &out, false, &Evidence::default()),
-            Verdict::Reject { .. }
-        ));
+        assert!(matches!(verdict(&s, &out, false), Verdict::Reject { .. }));
     }
 
     #[test]
     fn missing_confidence_is_not_trusted() {
         let out = json!({"urgency": "low"});
         assert!(matches!(
-            judge(
-                &spec(),
-                spec().min_confidence,
-                &out,
-                true,
-                &Evidence::default()
-            ),
+            verdict(&spec(), &out, true),
             Verdict::Escalate { .. }
         ));
         let mut s = spec();
         s.min_confidence = None;
-        assert_eq!(
-            judge(&s, s.min_confidence, &out, true, &Evidence::default()),
-            Verdict::Accept
-        );
+        assert_eq!(verdict(&s, &out, true), Verdict::Accept);
     }
 
     #[test]
@@ -274,10 +234,7 @@ mod tests {
             equals: Some(json!("gold")),
             one_of: None,
         }];
-        assert!(matches!(
-            judge(&s, s.min_confidence, &out, true, &Evidence::default()),
-            Verdict::Escalate { .. }
-        ));
+        assert!(matches!(verdict(&s, &out, true), Verdict::Escalate { .. }));
     }
 
     #[test]

@@ -487,7 +487,7 @@ pub(crate) async fn run_variant(
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = (ledger.attempts().len(), ledger.audits().len());
+        let now = ledger.counts();
         if now != last {
             last = now;
             quiet_since = Instant::now();

@@ -263,6 +263,15 @@ mod tests {
         dest.join("pipelines")
     }
 
+    /// The error whose message mentions `what`.
+    fn error_about<'a>(errors: &'a ConfigErrors, what: &str) -> &'a ConfigError {
+        errors
+            .0
+            .iter()
+            .find(|e| e.message.contains(what))
+            .unwrap_or_else(|| panic!("no error about {what}: {errors}"))
+    }
+
     #[test]
     fn a_bad_value_in_the_second_stage_is_reported_at_its_own_line() {
         let tmp = tempfile::tempdir().unwrap();
@@ -286,13 +295,7 @@ mod tests {
         let line_of_text =
             |needle: &str| edited.lines().position(|l| l.contains(needle)).unwrap() + 1;
         let errors = Pipeline::load(&dir).unwrap_err();
-        let find = |what: &str| {
-            errors
-                .0
-                .iter()
-                .find(|e| e.message.contains(what))
-                .unwrap_or_else(|| panic!("no error about {what}: {errors}"))
-        };
+        let find = |what: &str| error_about(&errors, what);
         let bad = find("min_confidence 1.5");
         assert_eq!(
             bad.line,
@@ -327,32 +330,18 @@ mod tests {
             );
         assert_ne!(edited, text);
         std::fs::write(&file, &edited).unwrap();
-        let line_of_text = |needle: &str, nth: usize| {
-            edited
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| l.contains(needle))
-                .nth(nth)
-                .unwrap()
-                .0
-                + 1
-        };
+        let line_of_text =
+            |needle: &str| edited.lines().position(|l| l.contains(needle)).unwrap() + 1;
         let errors = Pipeline::load(&dir).unwrap_err();
-        let find = |what: &str| {
-            errors
-                .0
-                .iter()
-                .find(|e| e.message.contains(what))
-                .unwrap_or_else(|| panic!("no error about {what}: {errors}"))
-        };
+        let find = |what: &str| error_about(&errors, what);
         let no_audit = find("set gate.audit too");
         assert!(no_audit.message.contains("stage `triage`"), "{errors}");
-        assert_eq!(no_audit.line, Some(line_of_text("target_precision", 0)));
+        assert_eq!(no_audit.line, Some(line_of_text("target_precision")));
         let last = find("needs a next stage");
         assert!(last.message.contains("stage `resolve`"), "{errors}");
-        assert_eq!(last.line, Some(line_of_text("audit: 0.1", 0)));
+        assert_eq!(last.line, Some(line_of_text("audit: 0.1")));
         let outside = find("outside gate.threshold_bounds");
-        assert_eq!(outside.line, Some(line_of_text("min_confidence: 0.5", 0)));
+        assert_eq!(outside.line, Some(line_of_text("min_confidence: 0.5")));
     }
 
     #[test]

@@ -47,6 +47,17 @@ impl MemoryLedger {
         self.moves.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// How many attempts and audits are recorded (without copying them).
+    pub fn counts(&self) -> (usize, usize) {
+        let attempts = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let audits = self.audits.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (attempts, audits)
+    }
+
     /// The attempts recorded so far.
     pub fn attempts(&self) -> Vec<LedgerAttempt> {
         let attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
