@@ -85,11 +85,7 @@ async fn dead_letters_replay_once_and_only_once() {
         3,
     );
     assert_eq!(messages.len(), 4, "{decisions:?}");
-    assert!(
-        messages
-            .iter()
-            .all(|(topic, _, _)| *topic == h.pipeline.topics.intake)
-    );
+    assert!(messages.iter().all(|m| m.topic == h.pipeline.topics.intake));
     send(&h.kafka, messages).await.unwrap();
     let replayed: Vec<String> = decisions
         .iter()

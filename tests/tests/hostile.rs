@@ -350,3 +350,193 @@ async fn hostile_messages_and_replies_end_as_results_or_dead_letters_and_the_wor
         "a tenant with a newline forged a log line"
     );
 }
+
+/// Writes a tenants file (acme, globex) beside the pipelines and binds the support-triage
+/// pipeline's tenants as `binding` says (`tenant_from: topic` or `header`).
+fn bind_tenants(pipelines: &std::path::Path, binding: &str) {
+    std::fs::write(
+        pipelines.join("tenants.yaml"),
+        "tenants:\n  acme: {}\n  globex: {}\n",
+    )
+    .unwrap();
+    let yaml = pipelines.join("support-triage/pipeline.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(
+        &yaml,
+        format!("{text}\ntenants: ../tenants.yaml\ntenant_from: {binding}\n"),
+    )
+    .unwrap();
+}
+
+fn raw_job(id: &str, tenant: Option<&str>, text: &str) -> Vec<u8> {
+    let mut v = json!({"job_id": id, "pipeline": "support-triage",
+        "payload": {"text": text}, "created_at": "2026-12-07T00:00:00Z"});
+    if let Some(t) = tenant {
+        v["tenant"] = json!(t);
+    }
+    v.to_string().into_bytes()
+}
+
+/// Class 5: with `tenant_from: topic`, a producer that may write only to globex's intake topic
+/// cannot run jobs as acme; the tenant is the topic's, whatever the payload says. Two tenants'
+/// job 42 are two jobs: acme's result does not hide globex's dead letter from a replay, and the
+/// replay goes back to globex's own topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tenant_from_topic_the_tenant_is_the_topics_and_job_ids_are_per_tenant() {
+    let h = Harness::start(quiet_profile(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = copy_llm_pipelines(dir.path());
+    bind_tenants(&pipelines, "topic");
+    let pipeline = switchyard::config::Pipeline::load(&pipelines.join("support-triage")).unwrap();
+    let acme = pipeline.tenant_intake_topic("acme");
+    let globex = pipeline.tenant_intake_topic("globex");
+    assert_eq!(globex, "support-triage.intake.globex");
+    for t in [&acme, &globex] {
+        h.broker.create_topic(t, 1).unwrap();
+    }
+    let mut child = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
+        .spawn()
+        .unwrap();
+    let ok = "[sim:high_confidence] my card was charged twice";
+    send_all(
+        &h.kafka,
+        &globex,
+        &[
+            ("a".into(), raw_job("claims-acme", Some("acme"), ok)),
+            ("b".into(), raw_job("says-nothing", None, ok)),
+            ("c".into(), raw_job("says-globex", Some("globex"), ok)),
+            (
+                "42".into(),
+                raw_job("42", None, "[sim:server_error:always] failing"),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    send_all(&h.kafka, &acme, &[("42".into(), raw_job("42", None, ok))])
+        .await
+        .unwrap();
+    // The shared intake topic is not read at all: anyone could write there.
+    send_all(
+        &h.kafka,
+        &h.pipeline.topics.intake,
+        &[("x".into(), raw_job("on-the-shared-topic", Some("acme"), ok))],
+    )
+    .await
+    .unwrap();
+
+    let expected: HashSet<String> = ["claims-acme", "says-nothing", "says-globex"]
+        .map(String::from)
+        .into();
+    let mut tally = h.collect(&expected, 0, Duration::from_secs(60)).await;
+    // Both jobs 42 end too (globex's after its fallbacks are spent): read everything there is.
+    let everything: HashSet<String> = ["not-a-job".to_string()].into();
+    for _ in 0..30 {
+        if tally.results.contains_key("42") && tally.dead.contains_key("42") {
+            break;
+        }
+        tally = h.collect(&everything, 0, Duration::from_secs(2)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the worker stopped");
+    let claims = &tally.dead["claims-acme"][0];
+    assert_eq!(claims.reason, DeadLetterReason::InvalidIntake);
+    assert!(
+        claims.detail.contains("binds it to tenant `globex`"),
+        "{}",
+        claims.detail
+    );
+    assert!(!tally.results.contains_key("claims-acme"));
+    for id in ["says-nothing", "says-globex"] {
+        assert_eq!(tally.results[id][0].tenant.as_str(), "globex", "{id}");
+    }
+    assert!(!tally.results.contains_key("on-the-shared-topic"));
+    assert!(!tally.dead.contains_key("on-the-shared-topic"));
+    // Job 42: acme's finished, globex's was dead-lettered.
+    let results42: Vec<&str> = tally.results["42"]
+        .iter()
+        .map(|r| r.tenant.as_str())
+        .collect();
+    assert_eq!(results42, ["acme"], "dead: {:?}", tally.dead.keys());
+    let dead42 = &tally.dead["42"][0];
+    assert_eq!(dead42.tenant.as_deref(), Some("globex"));
+    assert!(dead42.replayable, "{}", dead42.reason.as_str());
+
+    let picture =
+        switchyard::output::replay::read_picture(&h.kafka, &pipeline, Duration::from_secs(2))
+            .await
+            .unwrap();
+    let (decisions, messages) = switchyard::output::replay::plan_replay(
+        &picture,
+        &pipeline,
+        &switchyard::output::replay::Filter {
+            job_id: Some("42".into()),
+            ..Default::default()
+        },
+        3,
+    );
+    assert_eq!(messages.len(), 1, "{decisions:?}");
+    assert_eq!(messages[0].topic, globex, "{decisions:?}");
+    assert_eq!(decisions[0].tenant, "globex");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Class 5, header form: with `tenant_from: header`, a job without the bridge's header is
+/// dead-lettered with the reason, and the header's tenant beats what the payload claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tenant_from_header_a_job_needs_the_bridges_header() {
+    let h = Harness::start(quiet_profile(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = copy_llm_pipelines(dir.path());
+    bind_tenants(&pipelines, "header");
+    let mut child = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
+        .spawn()
+        .unwrap();
+    let ok = "[sim:high_confidence] where is my parcel";
+    let topic = h.pipeline.topics.intake.as_str();
+    let bodies = [
+        raw_job("no-header", Some("acme"), ok),
+        raw_job("header-globex", None, ok),
+        raw_job("header-globex-claims-acme", Some("acme"), ok),
+    ];
+    let header = Some(("switchyard-tenant", "globex"));
+    let messages = [
+        switchyard::kafka::client::Outgoing {
+            topic,
+            key: "a",
+            value: &bodies[0],
+            header: None,
+        },
+        switchyard::kafka::client::Outgoing {
+            topic,
+            key: "b",
+            value: &bodies[1],
+            header,
+        },
+        switchyard::kafka::client::Outgoing {
+            topic,
+            key: "c",
+            value: &bodies[2],
+            header,
+        },
+    ];
+    switchyard::kafka::client::send_messages(&h.kafka, &messages)
+        .await
+        .unwrap();
+    let expected: HashSet<String> = ["no-header", "header-globex", "header-globex-claims-acme"]
+        .map(String::from)
+        .into();
+    let tally = h.collect(&expected, 0, Duration::from_secs(60)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the worker stopped");
+    let no_header = &tally.dead["no-header"][0];
+    assert_eq!(no_header.reason, DeadLetterReason::InvalidIntake);
+    assert!(
+        no_header.detail.contains("no `switchyard-tenant` header"),
+        "{}",
+        no_header.detail
+    );
+    assert_eq!(tally.results["header-globex"][0].tenant.as_str(), "globex");
+    assert!(tally.dead.contains_key("header-globex-claims-acme"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

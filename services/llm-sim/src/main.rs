@@ -25,6 +25,10 @@ struct Args {
     /// Override the profile's latency scale (0 answers at once).
     #[arg(long)]
     latency_scale: Option<f64>,
+    /// Ignore `[sim:…]` directives in prompts, so what a ticket says cannot steer the
+    /// simulator (for a simulator that others' text reaches: a shared demo, a trial deploy).
+    #[arg(long)]
+    no_directives: bool,
 }
 
 #[tokio::main]
@@ -45,6 +49,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = args.latency_scale {
         profile.latency_scale = s;
+    }
+    if args.no_directives {
+        profile.directives = false;
     }
     let server = llm_sim::spawn(profile, SocketAddr::new(args.bind, args.port))
         .await

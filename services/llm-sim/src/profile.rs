@@ -37,6 +37,14 @@ pub struct Profile {
     /// Requests-per-minute limit for keys not listed in `keys` (none when absent).
     #[serde(default)]
     pub default_key_rpm: Option<u32>,
+    /// Whether `[sim:…]` directives in prompts steer the simulator (tests); off, a ticket's
+    /// text cannot force a fault, a confidence or an answer.
+    #[serde(default = "yes")]
+    pub directives: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> f64 {

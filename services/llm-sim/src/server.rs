@@ -442,7 +442,11 @@ async fn simulate(
         provider.unwrap_or("-").as_bytes(),
         b"fault",
     ]);
-    let directives = directives(&input.messages, &input.model, model.tier);
+    let directives = if profile.directives {
+        directives(&input.messages, &input.model, model.tier)
+    } else {
+        Directives::default()
+    };
     let faults = profile.faults_for(provider, model);
     let fault = directives
         .fault

@@ -19,12 +19,17 @@ impl Drop for Sim {
 }
 
 fn start(profile: &str) -> Sim {
+    start_with(profile, &[])
+}
+
+fn start_with(profile: &str, extra: &[&str]) -> Sim {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("profile.yaml");
     std::fs::write(&path, profile).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_llm-sim"))
         .args(["--port", "0", "--profile"])
         .arg(&path)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -214,4 +219,23 @@ async fn out_of_scope_queries_get_confident_wrong_intents_when_the_profile_says_
         right >= 9,
         "{right} of 10 out-of-scope queries answered `none`"
     );
+}
+
+/// `--no-directives`: what a ticket says cannot steer the simulator; by default it can (tests).
+#[tokio::test]
+async fn directives_steer_the_simulator_unless_it_is_started_without_them() {
+    let mut steered = request();
+    steered["messages"][0]["content"] = json!("[sim:server_error:always] classify: card lost");
+    let mut statuses = Vec::new();
+    for extra in [&[][..], &["--no-directives"][..]] {
+        let sim = start_with(PROFILE, extra);
+        let r = reqwest::Client::new()
+            .post(format!("{}/simcloud/v1/chat/completions", sim.base))
+            .json(&steered)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [500, 200]);
 }

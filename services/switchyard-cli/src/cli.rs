@@ -14,7 +14,7 @@ use crate::tools::demo::{DemoOptions, run_demo};
 use switchyard::app::{RunOptions, run};
 use switchyard::config::Pipeline;
 use switchyard::kafka::KafkaSettings;
-use switchyard::kafka::client::{jobs_from_jsonl, produce_jobs, send_all};
+use switchyard::kafka::client::{jobs_from_jsonl, send_all};
 use switchyard_testkit::broker::{EmbeddedBroker, forward};
 
 /// Switchyard: LLM work on Kafka streams, across model vendors.
@@ -323,6 +323,12 @@ pub struct DlqArgs {
     /// Only this reason (e.g. provider_exhausted).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Only this tenant's.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this job's (job ids are per tenant: add --tenant to pick one tenant's job).
+    #[arg(long = "job")]
+    pub job_id: Option<String>,
     /// Only those of the last DURATION (e.g. 2h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub since: Option<Duration>,
@@ -888,7 +894,9 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let mut topics: Vec<String> = Vec::new();
     let sent = if a.raw {
+        topics.push(pipeline.topics.intake.clone());
         let messages: Vec<(String, Vec<u8>)> = text
             .lines()
             .enumerate()
@@ -902,10 +910,16 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
             &pipeline.name,
             &a.tenant,
         )?;
-        produce_jobs(&kafka, &pipeline.topics.intake, &jobs).await
+        for j in &jobs {
+            let t = pipeline.tenant_intake_topic(&j.tenant);
+            if !topics.contains(&t) {
+                topics.push(t);
+            }
+        }
+        switchyard::kafka::client::produce_intake(&kafka, &pipeline, &jobs).await
     }
     .map_err(anyhow::Error::msg)?;
-    println!("produced {sent} jobs to {}", pipeline.topics.intake);
+    println!("produced {sent} jobs to {}", topics.join(", "));
     Ok(())
 }
 
@@ -913,6 +927,16 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
     let p = load(dir)?;
     println!("{}: ok", p.dir.join("pipeline.yaml").display());
     println!("  topics to create: {}", p.all_topics().join(", "));
+    let tenants = match &p.tenant_binding {
+        switchyard::config::TenantBinding::Payload => {
+            "from each job's `tenant` field (trusted producers only)".to_string()
+        }
+        switchyard::config::TenantBinding::Topic => {
+            format!("from the intake topic ({}.<tenant>)", p.topics.intake)
+        }
+        switchyard::config::TenantBinding::Header(h) => format!("from the `{h}` header"),
+    };
+    println!("  tenant: {tenants}");
     for s in &p.stages {
         let plan = switchyard::route::plan(
             &s.models,
@@ -929,7 +953,12 @@ fn validate(dir: &Path) -> anyhow::Result<()> {
             ),
             None => models.join(" → "),
         };
-        println!("  stage {} (reads {}): {how}", s.name, s.input_topic);
+        let reads: Vec<String> = p
+            .stage_topics(s.index)
+            .into_iter()
+            .map(|t| t.topic)
+            .collect();
+        println!("  stage {} (reads {}): {how}", s.name, reads.join(", "));
     }
     Ok(())
 }
@@ -1153,6 +1182,8 @@ async fn dlq_context(
     };
     let filter = switchyard::output::replay::Filter {
         reason: a.reason.clone(),
+        tenant: a.tenant.clone(),
+        job_id: a.job_id.clone(),
         since,
         limit: a.limit,
     };
@@ -1214,7 +1245,10 @@ async fn dlq_replay(a: DlqReplayArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&decisions)?);
     } else {
         for d in &decisions {
-            println!("{:<28} {:<9} {}", d.job_id, d.stage, d.action);
+            println!(
+                "{:<28} {:<12} {:<9} {}",
+                d.job_id, d.tenant, d.stage, d.action
+            );
         }
     }
     let n = messages.len();

@@ -134,7 +134,7 @@ the rest they would pass the 1 MiB a ConfigMap holds. */}}
 {{- end }}
 {{- if $withProviders }}
 {{- range $name, $p := $root.Values.providers }}
-{{- if $p.url }}
+{{- if and $p.url (or (not $p.simulator) $root.Values.llmSim.enabled) }}
 - name: {{ printf "SWITCHYARD_PROVIDER_%s_URL" ($name | upper | replace "-" "_") }}
   value: {{ tpl $p.url $root | quote }}
 {{- end }}

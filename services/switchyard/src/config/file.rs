@@ -37,6 +37,15 @@ pub struct PipelineFile {
     /// Tenants file, relative to the pipeline folder; without one, tenants are not checked.
     #[serde(default)]
     pub tenants: Option<PathBuf>,
+    /// Where a job's tenant comes from: `payload` (the job's `tenant` field; only for intake
+    /// topics that trusted producers alone may write), `topic` (one intake topic per tenant of
+    /// the tenants file, `<intake>.<tenant>`, each protected by a Kafka ACL), or `header` (a
+    /// header set by an authenticated bridge, see `tenant_header`).
+    #[serde(default)]
+    pub tenant_from: TenantFrom,
+    /// With `tenant_from: header`, the header's name.
+    #[serde(default = "default_tenant_header")]
+    pub tenant_header: String,
     /// `key`: results for one Kafka key come out in intake order (jobs of a key run one at a
     /// time, escalations run inline in the first stage's worker).
     #[serde(default)]
@@ -51,6 +60,23 @@ pub(crate) fn default_catalog() -> PathBuf {
 
 pub(crate) fn default_providers() -> PathBuf {
     PathBuf::from("../providers.yaml")
+}
+
+pub(crate) fn default_tenant_header() -> String {
+    "switchyard-tenant".into()
+}
+
+/// Where a job's tenant comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantFrom {
+    /// The job's own `tenant` field: whoever can produce to intake can claim any tenant.
+    #[default]
+    Payload,
+    /// The intake topic: `<intake>.<tenant>`, one per tenant of the tenants file.
+    Topic,
+    /// A message header set by an authenticated bridge.
+    Header,
 }
 
 /// Result order guarantee.
@@ -90,6 +116,10 @@ pub struct Concurrency {
     /// Jobs in flight in one partition; beyond it that partition pauses.
     #[serde(default = "default_in_flight_per_partition")]
     pub max_in_flight_per_partition: usize,
+    /// Input bytes held by jobs in flight (waiting ones included, e.g. behind an earlier job of
+    /// their key with `ordering: key`), in MiB; at it no further message is taken.
+    #[serde(default = "default_in_flight_mib")]
+    pub max_in_flight_mib: usize,
     /// On shutdown, how long in-flight jobs may take to finish before they are handed back.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -104,6 +134,9 @@ pub(crate) fn default_in_flight() -> usize {
 pub(crate) fn default_in_flight_per_partition() -> usize {
     128
 }
+pub(crate) fn default_in_flight_mib() -> usize {
+    64
+}
 pub(crate) fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
@@ -116,6 +149,7 @@ impl Default for Concurrency {
         Self {
             max_in_flight: default_in_flight(),
             max_in_flight_per_partition: default_in_flight_per_partition(),
+            max_in_flight_mib: default_in_flight_mib(),
             shutdown_timeout: default_drain(),
             rebalance_timeout: default_rebalance_drain(),
         }

@@ -190,9 +190,80 @@ pub struct Pipeline {
     pub tenants: Option<BTreeMap<String, crate::config::tenant::Tenant>>,
     /// Result order guarantee.
     pub ordering: Ordering,
+    /// Where a job's tenant comes from.
+    pub tenant_binding: TenantBinding,
+}
+
+/// Where a job's tenant comes from, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantBinding {
+    /// The job's `tenant` field (trusted producers only).
+    Payload,
+    /// One intake topic per tenant, `<intake>.<tenant>`.
+    Topic,
+    /// This message header, set by an authenticated bridge.
+    Header(String),
+}
+
+/// One topic the first stage reads, with the tenant it is bound to (for `tenant_from: topic`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeTopic {
+    /// Topic name.
+    pub topic: String,
+    /// The tenant every job on it belongs to; `None`: the job says (or a header does).
+    pub tenant: Option<String>,
 }
 
 impl Pipeline {
+    /// The topics the first stage reads: the intake topic, or with `tenant_from: topic` one
+    /// topic per tenant (`<intake>.<tenant>`) and not the shared intake topic.
+    pub fn intake_topics(&self) -> Vec<IntakeTopic> {
+        match (&self.tenant_binding, &self.tenants) {
+            (TenantBinding::Topic, Some(tenants)) => tenants
+                .keys()
+                .map(|t| IntakeTopic {
+                    topic: self.tenant_intake_topic(t),
+                    tenant: Some(t.clone()),
+                })
+                .collect(),
+            _ => vec![IntakeTopic {
+                topic: self.topics.intake.clone(),
+                tenant: None,
+            }],
+        }
+    }
+
+    /// Where a job of `tenant` is produced: its own intake topic with `tenant_from: topic`,
+    /// else the intake topic.
+    pub fn tenant_intake_topic(&self, tenant: &str) -> String {
+        match self.tenant_binding {
+            TenantBinding::Topic => format!("{}.{tenant}", self.topics.intake),
+            _ => self.topics.intake.clone(),
+        }
+    }
+
+    /// The topics stage `index` reads.
+    pub fn stage_topics(&self, index: usize) -> Vec<IntakeTopic> {
+        match self.stages.get(index) {
+            Some(s) if index == 0 => {
+                let mut t = self.intake_topics();
+                if s.input_topic != self.topics.intake {
+                    // An explicit input topic of its own.
+                    t = vec![IntakeTopic {
+                        topic: s.input_topic.clone(),
+                        tenant: None,
+                    }];
+                }
+                t
+            }
+            Some(s) => vec![IntakeTopic {
+                topic: s.input_topic.clone(),
+                tenant: None,
+            }],
+            None => Vec::new(),
+        }
+    }
+
     /// This pipeline without its leading local-tier stages: the remaining stages move up, each
     /// taking the position and input topic of the stage it replaces (the first that calls
     /// models reads the intake topic), as if the file had no local stage. For studying the LLM
@@ -342,6 +413,37 @@ mod tests {
         assert_eq!(last.line, Some(line_of_text("audit: 0.1")));
         let outside = find("outside gate.threshold_bounds");
         assert_eq!(outside.line, Some(line_of_text("min_confidence: 0.5")));
+    }
+
+    #[test]
+    fn tenants_bound_to_topics_need_a_tenants_file_and_get_one_topic_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pipelines = copy_pipelines(tmp.path());
+        let dir = pipelines.join("support-triage");
+        let file = dir.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{text}tenant_from: topic\n")).unwrap();
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let e = error_about(&errors, "no `tenants:` file");
+        assert_eq!(e.line, Some(text.lines().count() + 1), "{errors}");
+        std::fs::write(
+            pipelines.join("tenants.yaml"),
+            "tenants:\n  acme: {}\n  globex: {}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &file,
+            format!("{text}tenant_from: topic\ntenants: ../tenants.yaml\n"),
+        )
+        .unwrap();
+        let p = Pipeline::load(&dir).unwrap();
+        let reads: Vec<String> = p.stage_topics(0).into_iter().map(|t| t.topic).collect();
+        assert_eq!(
+            reads,
+            ["support-triage.intake.acme", "support-triage.intake.globex"]
+        );
+        assert!(!p.all_topics().contains(&p.topics.intake));
+        assert_eq!(p.stage_topics(1)[0].topic, p.stages[1].input_topic);
     }
 
     #[test]

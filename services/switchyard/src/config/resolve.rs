@@ -50,13 +50,13 @@ impl Pipeline {
 
     /// Every topic the pipeline uses.
     pub fn all_topics(&self) -> Vec<String> {
-        let mut t = vec![
-            self.topics.intake.clone(),
+        let mut t: Vec<String> = self.intake_topics().into_iter().map(|t| t.topic).collect();
+        t.extend([
             self.topics.results.clone(),
             self.topics.dlq.clone(),
             self.topics.ledger.clone(),
-        ];
-        for s in &self.stages {
+        ]);
+        for s in self.stages.iter().skip(1) {
             if !t.contains(&s.input_topic) {
                 t.push(s.input_topic.clone());
             }
@@ -256,10 +256,43 @@ impl Pipeline {
                 ))
             }
         };
+        let tenant_binding = match file.tenant_from {
+            TenantFrom::Payload => TenantBinding::Payload,
+            TenantFrom::Header => TenantBinding::Header(file.tenant_header.clone()),
+            TenantFrom::Topic => TenantBinding::Topic,
+        };
+        if file.tenant_from == TenantFrom::Topic {
+            let line = spans.line(&[Step::Key("tenant_from")]);
+            match &tenants {
+                None => errors.push(err(
+                    path,
+                    line,
+                    "tenant_from: topic reads one intake topic per tenant of the tenants file, but the pipeline has no `tenants:` file; add one or use tenant_from: payload",
+                )),
+                Some(ts) => {
+                    if ts.is_empty() {
+                        errors.push(err(path, line, "tenant_from: topic reads one intake topic per tenant, but the tenants file lists none"));
+                    }
+                    for t in ts.keys() {
+                        let topic = format!("{}.{t}", topics.intake);
+                        let legal = t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                        if !legal || topic.len() > 249 {
+                            errors.push(err(path, line, format!("tenant_from: topic: tenant `{t}` cannot name a Kafka topic (`{topic}`): use letters, digits, `.`, `_` and `-`, at most 249 characters in all")));
+                        }
+                    }
+                }
+            }
+            if let Some(first) = file.stages.first().and_then(|s| s.input_topic.as_ref())
+                && *first != topics.intake
+            {
+                errors.push(err(path, at(first), format!("tenant_from: topic derives the first stage's topics from the intake topic (`{}.<tenant>`); set topics.intake instead of the first stage's input_topic `{first}`", topics.intake)));
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Pipeline {
+            tenant_binding,
             tenants,
             ordering: file.ordering,
             name,

@@ -24,6 +24,26 @@ pub struct Job {
 #[error("{0}")]
 pub struct DecodeError(String);
 
+/// Who says which tenant an intake message belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TenantOrigin {
+    /// The job's own `tenant` field (`tenant_from: payload`).
+    #[default]
+    Payload,
+    /// Something the broker authenticates: the topic it arrived on, or a bridge's header.
+    Bound {
+        /// The tenant.
+        tenant: String,
+        /// What bound it, for error texts (e.g. "its intake topic `x.intake.acme`").
+        by: String,
+    },
+    /// The pipeline binds tenants by header and this message has no usable one.
+    Unbound {
+        /// Why, and what to do.
+        why: String,
+    },
+}
+
 /// Where a message is being decoded: which stage of which pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder<'a> {
@@ -38,8 +58,14 @@ pub struct Decoder<'a> {
 }
 
 impl Decoder<'_> {
-    /// Decodes one message's value.
+    /// Decodes one message's value, its tenant taken from the job.
     pub fn decode(&self, payload: &[u8]) -> Result<Job, DecodeError> {
+        self.decode_from(payload, &TenantOrigin::Payload)
+    }
+
+    /// Decodes one message's value. At the first stage, a tenant bound by `origin` is the
+    /// job's tenant: a job that names another is refused, one that names none gets it.
+    pub fn decode_from(&self, payload: &[u8], origin: &TenantOrigin) -> Result<Job, DecodeError> {
         let fail = |s: String| Err(DecodeError(s));
         if payload.is_empty() {
             return fail("empty message: a job must be a JSON object".into());
@@ -52,10 +78,29 @@ impl Decoder<'_> {
                 ));
             }
         };
-        let value: Value = match serde_json::from_str(text) {
+        let mut value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return fail(format!("message is not JSON: {e}")),
         };
+        if self.first {
+            match origin {
+                TenantOrigin::Payload => {}
+                TenantOrigin::Unbound { why } => return fail(why.clone()),
+                TenantOrigin::Bound { tenant, by } => match value.get("tenant") {
+                    None if value.is_object() => {
+                        value["tenant"] = Value::String(tenant.clone());
+                    }
+                    Some(Value::String(claimed)) if claimed == tenant => {}
+                    Some(claimed) => {
+                        let claimed: String = claimed.to_string().chars().take(100).collect();
+                        return fail(format!(
+                            "job claims tenant {claimed}, but {by} binds it to tenant `{tenant}`; produce each tenant's jobs where its own tenant is bound (or leave `tenant` out)"
+                        ));
+                    }
+                    None => {}
+                },
+            }
+        }
         let (validator, what, file) = if self.first {
             (&self.schemas.intake, "intake job", "intake")
         } else {

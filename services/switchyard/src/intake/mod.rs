@@ -89,16 +89,110 @@ pub enum WorkerError {
     Setup(String),
 }
 
-type Tracker = Arc<Mutex<Watermarks>>;
+/// A partition of one of the stage's input topics (the topic by its index in [`StageTopics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Part {
+    topic: u16,
+    partition: i32,
+}
 
-fn lock(t: &Tracker) -> MutexGuard<'_, Watermarks> {
+/// The topics a stage reads, with the tenant each is bound to (`tenant_from: topic`).
+#[derive(Debug)]
+struct StageTopics {
+    topics: Vec<crate::config::IntakeTopic>,
+}
+
+impl StageTopics {
+    fn part(&self, topic: &str, partition: i32) -> Option<Part> {
+        let i = self.topics.iter().position(|t| t.topic == topic)?;
+        Some(Part {
+            topic: u16::try_from(i).ok()?,
+            partition,
+        })
+    }
+
+    fn name(&self, p: Part) -> &str {
+        self.topics
+            .get(usize::from(p.topic))
+            .map_or("", |t| t.topic.as_str())
+    }
+
+    fn parts_of(&self, list: &TopicPartitionList) -> Vec<Part> {
+        list.elements()
+            .iter()
+            .filter_map(|e| self.part(e.topic(), e.partition()))
+            .collect()
+    }
+
+    fn list(&self, parts: &[Part]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in parts {
+            tpl.add_partition(self.name(*p), p.partition);
+        }
+        tpl
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.topics.iter().map(|t| t.topic.as_str()).collect()
+    }
+
+    /// Who says which tenant a message on `p` belongs to.
+    fn tenant_origin(
+        &self,
+        p: Part,
+        binding: &crate::config::TenantBinding,
+        headers: Option<&rdkafka::message::BorrowedHeaders>,
+    ) -> decode::TenantOrigin {
+        use crate::config::TenantBinding;
+        use rdkafka::message::Headers;
+        if let Some(tenant) = self
+            .topics
+            .get(usize::from(p.topic))
+            .and_then(|t| t.tenant.clone())
+        {
+            return decode::TenantOrigin::Bound {
+                tenant,
+                by: format!("its intake topic `{}`", self.name(p)),
+            };
+        }
+        let TenantBinding::Header(name) = binding else {
+            return decode::TenantOrigin::Payload;
+        };
+        let value = headers.and_then(|h| {
+            h.iter()
+                .filter(|h| h.key == name.as_str())
+                .last()
+                .and_then(|h| h.value)
+        });
+        match value.map(std::str::from_utf8) {
+            Some(Ok(t)) => decode::TenantOrigin::Bound {
+                tenant: t.to_string(),
+                by: format!("its `{name}` header"),
+            },
+            Some(Err(_)) => decode::TenantOrigin::Unbound {
+                why: format!(
+                    "the `{name}` header is not UTF-8; this pipeline takes the tenant from that header (tenant_from: header), which the authenticated bridge sets"
+                ),
+            },
+            None => decode::TenantOrigin::Unbound {
+                why: format!(
+                    "the message has no `{name}` header; this pipeline takes the tenant from that header (tenant_from: header), which the authenticated bridge that produces to the intake topic sets"
+                ),
+            },
+        }
+    }
+}
+
+type Tracker = Arc<Mutex<Watermarks<Part>>>;
+
+fn lock(t: &Tracker) -> MutexGuard<'_, Watermarks<Part>> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The consumer's context: keeps the watermarks in step with rebalances.
 struct StageContext {
     tracker: Tracker,
-    topic: String,
+    topics: Arc<StageTopics>,
     pipeline: String,
     stage: String,
     rebalance_timeout: Duration,
@@ -111,7 +205,7 @@ struct StageContext {
     abandon: CancellationToken,
 }
 
-type PartitionTokens = Arc<Mutex<HashMap<i32, CancellationToken>>>;
+type PartitionTokens = Arc<Mutex<HashMap<Part, CancellationToken>>>;
 
 impl ClientContext for StageContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -159,11 +253,7 @@ impl ConsumerContext for StageContext {
         let Rebalance::Revoke(list) = rebalance else {
             return;
         };
-        let partitions: Vec<i32> = list
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let partitions = self.topics.parts_of(list);
         // Give in-flight jobs of the revoked partitions a bounded time to finish, so their
         // offsets can be committed now instead of the jobs being redone by the next owner.
         let wait = || {
@@ -196,7 +286,11 @@ impl ConsumerContext for StageContext {
             let mut t = lock(&self.tracker);
             for p in &partitions {
                 if let Some(w) = t.revoke(*p) {
-                    let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(w + 1));
+                    let _ = tpl.add_partition_offset(
+                        self.topics.name(*p),
+                        p.partition,
+                        Offset::Offset(w + 1),
+                    );
                 }
             }
         }
@@ -224,11 +318,7 @@ impl ConsumerContext for StageContext {
             (t.partitions().len(), t.resumable())
         };
         if !resumable.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for p in &resumable {
-                tpl.add_partition(&self.topic, *p);
-            }
-            let _ = consumer.resume(&tpl);
+            let _ = consumer.resume(&self.topics.list(&resumable));
         }
         self.readiness.set_assigned(&self.stage, left);
         tracing::info!(stage = %self.stage, ?partitions, "partitions revoked");
@@ -237,11 +327,7 @@ impl ConsumerContext for StageContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let partitions: Vec<i32> = list
-                    .elements_for_topic(&self.topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect();
+                let partitions = self.topics.parts_of(list);
                 let owned = {
                     let mut t = lock(&self.tracker);
                     for p in &partitions {
@@ -260,10 +346,20 @@ impl ConsumerContext for StageContext {
                         }
                     }
                 }
-                if let Ok(md) = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(2))
-                    && let Some(t) = md.topics().iter().find(|t| t.name() == self.topic)
-                {
-                    self.readiness.set_total(&self.stage, t.partitions().len());
+                let names = self.topics.names();
+                let md = if let [one] = names[..] {
+                    consumer.fetch_metadata(Some(one), Duration::from_secs(2))
+                } else {
+                    consumer.fetch_metadata(None, Duration::from_secs(2))
+                };
+                if let Ok(md) = md {
+                    let total = md
+                        .topics()
+                        .iter()
+                        .filter(|t| names.contains(&t.name()))
+                        .map(|t| t.partitions().len())
+                        .sum();
+                    self.readiness.set_total(&self.stage, total);
                 }
                 // librdkafka keeps an application's pause across unassign and assign: a partition
                 // paused before the rebalance would stay paused for good. Start it afresh.
@@ -290,6 +386,8 @@ pub struct Received {
     pub source: Source,
     /// The raw value (empty for a null value).
     pub payload: Vec<u8>,
+    /// Who says which tenant the job belongs to.
+    pub tenant: decode::TenantOrigin,
 }
 
 /// Consumes the stage's input topic until `shutdown`, then drains and commits.
@@ -301,13 +399,19 @@ pub async fn run_stage(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let stage = shared.runner.stage.name.clone();
-    let topic = shared.runner.stage.input_topic.clone();
+    let topics = Arc::new(StageTopics {
+        topics: shared.pipeline.stage_topics(shared.runner.stage.index),
+    });
+    let topic = topics.names().join(", ");
     let conc = &shared.pipeline.concurrency;
     // The stage's cap is kept by not taking the next message while it is reached (below), so
     // librdkafka's bounded prefetch queue holds the backlog; pausing every partition at the cap
     // would drop that prefetch and re-fetch it each time a job finishes. Partitions still pause
     // at their own cap.
     let stage_cap = conc.max_in_flight.max(1);
+    // Held input bytes are capped too: 512 jobs of 2 MB each would be a gigabyte.
+    let byte_cap = conc.max_in_flight_mib.max(1).saturating_mul(1 << 20);
+    let held_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tracker: Tracker = Arc::new(Mutex::new(Watermarks::new(Caps {
         total: usize::MAX,
         per_partition: conc.max_in_flight_per_partition,
@@ -320,7 +424,7 @@ pub async fn run_stage(
         partition_tokens: partition_tokens.clone(),
         abandon: abandon.clone(),
         tracker: tracker.clone(),
-        topic: topic.clone(),
+        topics: topics.clone(),
         pipeline: shared.pipeline.name.clone(),
         stage: stage.to_string(),
         rebalance_timeout: conc.rebalance_timeout,
@@ -338,7 +442,9 @@ pub async fn run_stage(
             .create_with_context(context)
             .map_err(consumer_error)?,
     );
-    consumer.subscribe(&[&topic]).map_err(consumer_error)?;
+    consumer
+        .subscribe(&topics.names())
+        .map_err(consumer_error)?;
     tracing::info!(stage = %stage, topic = %topic, group, "stage consuming");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -357,7 +463,8 @@ pub async fn run_stage(
                 jobs: t.in_flight(),
             }
             .emit(&shared.telemetry);
-            let full = t.in_flight() >= stage_cap;
+            let full = t.in_flight() >= stage_cap
+                || held_bytes.load(std::sync::atomic::Ordering::Relaxed) >= byte_cap;
             if !full {
                 full_since = None;
             }
@@ -367,7 +474,7 @@ pub async fn run_stage(
             // group; partitions resume at the low mark.
             if full && !t.is_held() && since.elapsed() >= STAGE_HOLD_AFTER {
                 let pause = t.hold(stage_cap);
-                set_paused(&consumer, &topic, &pause, true);
+                set_paused(&consumer, &topics, &pause, true);
             }
             (full, t.is_held())
         };
@@ -387,6 +494,9 @@ pub async fn run_stage(
                 continue;
             }
         };
+        let Some(part) = topics.part(m.topic(), m.partition()) else {
+            continue;
+        };
         let received = Received {
             source: Source {
                 topic: m.topic().to_string(),
@@ -395,16 +505,16 @@ pub async fn run_stage(
                 key: m.key().and_then(crate::envelope::usable_key),
             },
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            tenant: topics.tenant_origin(part, &shared.pipeline.tenant_binding, m.headers()),
         };
         drop(m);
         let ticket = {
             let mut t = lock(&tracker);
-            let Some((ticket, pause)) = t.start(received.source.partition, received.source.offset)
-            else {
+            let Some((ticket, pause)) = t.start(part, received.source.offset) else {
                 continue;
             };
             if !pause.is_empty() {
-                set_paused(&consumer, &topic, &pause, true);
+                set_paused(&consumer, &topics, &pause, true);
             }
             ticket
         };
@@ -421,12 +531,13 @@ pub async fn run_stage(
             _ => (None, None),
         };
         let job = JobTask {
+            _bytes: HeldBytes::new(&held_bytes, received.payload.len()),
             after,
             done,
             shared: shared.clone(),
             consumer: consumer.clone(),
             tracker: tracker.clone(),
-            topic: topic.clone(),
+            topics: topics.clone(),
             abandon: partition_tokens
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -457,7 +568,7 @@ pub async fn run_stage(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     abandon.cancel();
-    commit_final(&consumer, &tracker, &topic, &stage);
+    commit_final(&consumer, &tracker, &topics, &stage);
     // Unfinished jobs are handed back: forget them, stop them, and close the consumer now (its
     // final revoke then has nothing to wait for).
     lock(&tracker).clear();
@@ -471,13 +582,14 @@ pub async fn run_stage(
 /// every partition and polls again.
 const STAGE_HOLD_AFTER: Duration = Duration::from_secs(5);
 
-fn commit_final(consumer: &StageConsumer, tracker: &Tracker, topic: &str, stage: &str) {
+fn commit_final(consumer: &StageConsumer, tracker: &Tracker, topics: &StageTopics, stage: &str) {
     let mut tpl = TopicPartitionList::new();
     {
         let mut t = lock(tracker);
         for p in t.partitions() {
             if let Some(w) = t.pending_store(p) {
-                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(w + 1));
+                let _ =
+                    tpl.add_partition_offset(topics.name(p), p.partition, Offset::Offset(w + 1));
                 t.mark_stored(p, w);
             }
         }
@@ -493,11 +605,8 @@ fn commit_final(consumer: &StageConsumer, tracker: &Tracker, topic: &str, stage:
     }
 }
 
-fn set_paused(consumer: &StageConsumer, topic: &str, partitions: &[i32], pause: bool) {
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(topic, *p);
-    }
+fn set_paused(consumer: &StageConsumer, topics: &StageTopics, partitions: &[Part], pause: bool) {
+    let tpl = topics.list(partitions);
     let r = if pause {
         consumer.pause(&tpl)
     } else {
@@ -508,7 +617,25 @@ fn set_paused(consumer: &StageConsumer, topic: &str, partitions: &[i32], pause: 
     }
 }
 
+/// Input bytes a job holds while in flight; released when its task ends, however it ends.
+struct HeldBytes(Arc<std::sync::atomic::AtomicUsize>, usize);
+
+impl HeldBytes {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>, n: usize) -> Self {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Self(counter.clone(), n)
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.0
+            .fetch_sub(self.1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct JobTask {
+    _bytes: HeldBytes,
     /// With ordering: the completion of the previous job of the same key.
     after: Option<futures::future::Shared<tokio::sync::oneshot::Receiver<()>>>,
     /// With ordering: completes (by drop) when this job is done, releasing the next.
@@ -516,13 +643,13 @@ struct JobTask {
     shared: Arc<StageShared>,
     consumer: Arc<StageConsumer>,
     tracker: Tracker,
-    topic: String,
+    topics: Arc<StageTopics>,
     abandon: CancellationToken,
     fatal: CancellationToken,
 }
 
 impl JobTask {
-    async fn run(mut self, ticket: Ticket, received: Received) {
+    async fn run(mut self, ticket: Ticket<Part>, received: Received) {
         if let Some(previous) = self.after.take() {
             let _ = previous.await;
         }
@@ -546,7 +673,7 @@ impl JobTask {
                     first: stage.index == 0,
                     schemas: &self.shared.schemas,
                 }
-                .decode(&received.payload)
+                .decode_from(&received.payload, &received.tenant)
                 .ok();
                 self.shared.composer().internal_error(
                     Input {
@@ -628,12 +755,14 @@ impl JobTask {
         let mut t = lock(&self.tracker);
         let actions = t.finish(ticket);
         if let Some((p, w)) = actions.store
-            && let Err(e) = self.consumer.store_offset(&self.topic, p, w)
+            && let Err(e) = self
+                .consumer
+                .store_offset(self.topics.name(p), p.partition, w)
         {
-            tracing::debug!(error = %e, partition = p, offset = w, "offset store failed (partition revoked?)");
+            tracing::debug!(error = %e, topic = self.topics.name(p), partition = p.partition, offset = w, "offset store failed (partition revoked?)");
         }
         if !actions.resume.is_empty() {
-            set_paused(&self.consumer, &self.topic, &actions.resume, false);
+            set_paused(&self.consumer, &self.topics, &actions.resume, false);
         }
         drop(t);
         // Release the next job of this key (also released when the task ends any other way).
@@ -660,7 +789,7 @@ pub async fn process(shared: &StageShared, received: &Received) -> Composed {
         intake: job,
         mut history,
         prior,
-    } = match decoder.decode(&received.payload) {
+    } = match decoder.decode_from(&received.payload, &received.tenant) {
         Ok(j) => j,
         Err(e) => return composer.undecodable(input, &e.to_string()),
     };
@@ -846,6 +975,7 @@ mod tests {
                 key: Some("k-1".into()),
             },
             payload: payload.to_vec(),
+            tenant: decode::TenantOrigin::Payload,
         }
     }
 

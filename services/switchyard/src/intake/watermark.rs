@@ -3,7 +3,8 @@
 //! A message's offset may be committed only when it and every earlier message of its partition
 //! are finished (their output acknowledged). [`Watermarks`] keeps, per partition, the offsets
 //! in flight and the highest offset seen, and answers "what may be stored now" as a contiguous
-//! watermark. It also decides when a partition must pause (its own cap or the stage's cap is
+//! watermark. A partition is whatever key the consumer gives it (`i32`, or topic and
+//! partition for a stage reading several topics). It also decides when a partition must pause (its own cap or the stage's cap is
 //! reached) and when paused partitions may resume. Plain data, no I/O: the consumer loop acts on
 //! what it returns.
 
@@ -40,30 +41,40 @@ impl Partition {
 
 /// A ticket for one message in flight; hand it back to [`Watermarks::finish`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket {
+pub struct Ticket<P = i32> {
     /// Partition.
-    pub partition: i32,
+    pub partition: P,
     /// Offset.
     pub offset: i64,
     generation: u64,
 }
 
 /// What the consumer must do after a start or finish.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Actions {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Actions<P = i32> {
     /// Store this offset (the last finished one of a contiguous run) for the partition.
-    pub store: Option<(i32, i64)>,
+    pub store: Option<(P, i64)>,
     /// Pause these partitions.
-    pub pause: Vec<i32>,
+    pub pause: Vec<P>,
     /// Resume these partitions.
-    pub resume: Vec<i32>,
+    pub resume: Vec<P>,
+}
+
+impl<P> Default for Actions<P> {
+    fn default() -> Self {
+        Self {
+            store: None,
+            pause: Vec::new(),
+            resume: Vec::new(),
+        }
+    }
 }
 
 /// The bookkeeping for one consumer's assigned partitions.
 #[derive(Debug)]
-pub struct Watermarks {
+pub struct Watermarks<P = i32> {
     caps: Caps,
-    partitions: BTreeMap<i32, Partition>,
+    partitions: BTreeMap<P, Partition>,
     total: usize,
     next_generation: u64,
     /// Set by [`Watermarks::hold`]: every partition paused until in-flight work drops to the
@@ -71,7 +82,7 @@ pub struct Watermarks {
     held: Option<usize>,
 }
 
-impl Watermarks {
+impl<P: Ord + Copy> Watermarks<P> {
     /// Empty bookkeeping with the given caps.
     pub fn new(caps: Caps) -> Self {
         Self {
@@ -92,7 +103,7 @@ impl Watermarks {
     }
 
     /// Jobs in flight in one partition.
-    pub fn in_flight_in(&self, partition: i32) -> usize {
+    pub fn in_flight_in(&self, partition: P) -> usize {
         self.partitions
             .get(&partition)
             .map_or(0, |p| p.in_flight.len())
@@ -100,7 +111,7 @@ impl Watermarks {
 
     /// A partition was assigned: start it afresh (a new generation, so late finishes from an
     /// earlier assignment are ignored).
-    pub fn assign(&mut self, partition: i32) {
+    pub fn assign(&mut self, partition: P) {
         if let Some(old) = self.partitions.remove(&partition) {
             self.total -= old.in_flight.len();
         }
@@ -118,26 +129,26 @@ impl Watermarks {
     /// A partition was revoked: forget it and return the offset to store for it, if any
     /// (the watermark not yet stored). Jobs still in flight for it are abandoned: their
     /// messages will be delivered again to whoever owns the partition next.
-    pub fn revoke(&mut self, partition: i32) -> Option<i64> {
+    pub fn revoke(&mut self, partition: P) -> Option<i64> {
         let p = self.partitions.remove(&partition)?;
         self.total -= p.in_flight.len();
         p.watermark().filter(|w| p.stored.is_none_or(|s| *w > s))
     }
 
     /// The watermark not yet stored for a partition, to store before a final commit.
-    pub fn pending_store(&self, partition: i32) -> Option<i64> {
+    pub fn pending_store(&self, partition: P) -> Option<i64> {
         let p = self.partitions.get(&partition)?;
         p.watermark().filter(|w| p.stored.is_none_or(|s| *w > s))
     }
 
     /// Assigned partitions.
-    pub fn partitions(&self) -> Vec<i32> {
+    pub fn partitions(&self) -> Vec<P> {
         self.partitions.keys().copied().collect()
     }
 
     /// A message arrived. Returns its ticket and the partitions to pause; `None` when the
     /// partition is not assigned here (the message belongs to an old assignment: skip it).
-    pub fn start(&mut self, partition: i32, offset: i64) -> Option<(Ticket, Vec<i32>)> {
+    pub fn start(&mut self, partition: P, offset: i64) -> Option<(Ticket<P>, Vec<P>)> {
         let p = self.partitions.get_mut(&partition)?;
         if !p.in_flight.insert(offset) {
             // Delivered twice while the first copy is still running: skip the copy.
@@ -155,7 +166,7 @@ impl Watermarks {
     }
 
     /// A message's output was acknowledged. Returns what to store, pause and resume.
-    pub fn finish(&mut self, ticket: Ticket) -> Actions {
+    pub fn finish(&mut self, ticket: Ticket<P>) -> Actions<P> {
         let mut actions = Actions::default();
         let Some(p) = self.partitions.get_mut(&ticket.partition) else {
             return actions;
@@ -175,14 +186,14 @@ impl Watermarks {
     }
 
     /// Partitions that are paused but may run again (after a revoke freed capacity).
-    pub fn resumable(&mut self) -> Vec<i32> {
+    pub fn resumable(&mut self) -> Vec<P> {
         self.resume_due()
     }
 
     /// Pauses every partition until in-flight work drops to the low mark of `cap`; returns the
     /// partitions to pause. For a stage that has been at its cap for long: its consumer can
     /// then keep polling (serving rebalances) without taking more work.
-    pub fn hold(&mut self, cap: usize) -> Vec<i32> {
+    pub fn hold(&mut self, cap: usize) -> Vec<P> {
         self.held = Some(cap.max(1));
         let mut out = Vec::new();
         for (id, p) in self.partitions.iter_mut() {
@@ -207,13 +218,13 @@ impl Watermarks {
     }
 
     /// Records that the consumer stored `offset` itself (e.g. before a final commit).
-    pub fn mark_stored(&mut self, partition: i32, offset: i64) {
+    pub fn mark_stored(&mut self, partition: P, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&partition) {
             p.stored = Some(p.stored.map_or(offset, |s| s.max(offset)));
         }
     }
 
-    fn pause_due(&mut self) -> Vec<i32> {
+    fn pause_due(&mut self) -> Vec<P> {
         let over_total = self.total >= self.caps.total;
         let cap = self.caps.per_partition;
         let mut out = Vec::new();
@@ -229,7 +240,7 @@ impl Watermarks {
     /// Paused partitions resume only once an eighth of a cap is free again: librdkafka drops a
     /// partition's prefetched messages when it pauses, so resuming at the first free slot
     /// would pause, drop and re-fetch once per finished job.
-    fn resume_due(&mut self) -> Vec<i32> {
+    fn resume_due(&mut self) -> Vec<P> {
         let low = |cap: usize| cap - (cap / 8).max(1);
         if self.total > low(self.caps.total) {
             return Vec::new();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -136,20 +136,62 @@ pub async fn send_all(
     topic: &str,
     messages: &[(String, Vec<u8>)],
 ) -> Result<usize, ClientError> {
+    let outgoing: Vec<Outgoing<'_>> = messages
+        .iter()
+        .map(|(key, value)| Outgoing {
+            topic,
+            key,
+            value,
+            header: None,
+        })
+        .collect();
+    send_messages(kafka, &outgoing).await
+}
+
+/// One message to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Key.
+    pub key: &'a str,
+    /// Value.
+    pub value: &'a [u8],
+    /// One header, `(name, value)`.
+    pub header: Option<(&'a str, &'a str)>,
+}
+
+/// Sends messages and waits until the broker has acknowledged all.
+pub async fn send_messages(
+    kafka: &KafkaSettings,
+    messages: &[Outgoing<'_>],
+) -> Result<usize, ClientError> {
     let producer: FutureProducer = kafka.producer().create().map_err(|e| ClientError::Create {
         what: "producer",
         brokers: kafka.brokers.clone(),
         detail: crate::kafka::error_text(&e),
     })?;
+    let producer = &producer;
     let mut pending = Vec::with_capacity(messages.len());
-    for (key, value) in messages {
-        let record = FutureRecord::to(topic)
-            .key(key.as_bytes())
-            .payload(value.as_slice());
-        pending.push(producer.send(record, Duration::from_secs(30)));
+    for m in messages {
+        let mut record = FutureRecord::to(m.topic)
+            .key(m.key.as_bytes())
+            .payload(m.value);
+        if let Some((name, value)) = m.header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: name,
+                value: Some(value),
+            }));
+        }
+        pending.push(async move {
+            (
+                m.topic,
+                producer.send(record, Duration::from_secs(30)).await,
+            )
+        });
     }
     let mut sent = 0;
-    for r in futures::future::join_all(pending).await {
+    for (topic, r) in futures::future::join_all(pending).await {
         match r {
             Ok(_) => sent += 1,
             Err((source, _)) => {
@@ -162,6 +204,41 @@ pub async fn send_all(
         }
     }
     Ok(sent)
+}
+
+/// Sends intake jobs where `pipeline` takes them: the intake topic, or with
+/// `tenant_from: topic` each job's tenant's own topic, with `tenant_from: header` carrying the
+/// tenant header (as the authenticated bridge would set it).
+pub async fn produce_intake(
+    kafka: &KafkaSettings,
+    pipeline: &crate::config::Pipeline,
+    jobs: &[Intake],
+) -> Result<usize, ClientError> {
+    let header = match &pipeline.tenant_binding {
+        crate::config::TenantBinding::Header(name) => Some(name.as_str()),
+        _ => None,
+    };
+    let rows: Vec<(String, String, Vec<u8>, &str)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                pipeline.tenant_intake_topic(&j.tenant),
+                j.job_id.to_string(),
+                serde_json::to_vec(j).unwrap_or_default(),
+                j.tenant.as_str(),
+            )
+        })
+        .collect();
+    let outgoing: Vec<Outgoing<'_>> = rows
+        .iter()
+        .map(|(topic, key, value, tenant)| Outgoing {
+            topic,
+            key,
+            value,
+            header: header.map(|h| (h, *tenant)),
+        })
+        .collect();
+    send_messages(kafka, &outgoing).await
 }
 
 /// The topics of `topics` that the cluster does not have.

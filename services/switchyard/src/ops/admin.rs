@@ -18,6 +18,10 @@ use crate::envelope::JobEnd;
 pub(super) struct DlqQuery {
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    job_id: Option<String>,
 }
 
 pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>) -> Html<String> {
@@ -122,18 +126,22 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
     h.push_str("</table>");
 
     // Dead letters.
+    let given = |v: &Option<String>| v.clone().filter(|r| !r.is_empty());
     let filter = crate::output::replay::Filter {
-        reason: q.reason.clone().filter(|r| !r.is_empty()),
+        reason: given(&q.reason),
+        tenant: given(&q.tenant),
+        job_id: given(&q.job_id),
         since: None,
         limit: None,
     };
     h.push_str(&format!(
-        "<h2>Dead letters</h2><form method=\"get\" action=\"/\">reason <input name=\"reason\" id=\"reason\" value=\"{}\"> <button type=\"submit\">filter</button></form>",
-        esc(q.reason.as_deref().unwrap_or(""))
+        "<h2>Dead letters</h2><form method=\"get\" action=\"/\">reason <input name=\"reason\" id=\"reason\" value=\"{}\"> tenant <input name=\"tenant\" id=\"tenant\" value=\"{}\"> job <input name=\"job_id\" id=\"job_id\" value=\"{}\"> <button type=\"submit\">filter</button></form>",
+        esc(q.reason.as_deref().unwrap_or("")),
+        esc(q.tenant.as_deref().unwrap_or("")),
+        esc(q.job_id.as_deref().unwrap_or(""))
     ));
     // Bounded whatever the topics hold: the newest 200 matching dead letters, slimmed.
     let keep = crate::output::replay::Keep {
-        job_id: None,
         filter: &filter,
         at_most: 200,
         slim: true,
@@ -161,8 +169,9 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
                     "done".to_string()
                 } else if r.replayable {
                     format!(
-                        "<form method=\"post\" action=\"/dlq/replay\"><input type=\"hidden\" name=\"job_id\" value=\"{0}\"><button class=\"replay\" data-job=\"{0}\" type=\"submit\">replay</button></form>",
-                        esc(&r.job_id)
+                        "<form method=\"post\" action=\"/dlq/replay\"><input type=\"hidden\" name=\"tenant\" value=\"{1}\"><input type=\"hidden\" name=\"job_id\" value=\"{0}\"><button class=\"replay\" data-job=\"{0}\" type=\"submit\">replay</button></form>",
+                        esc(&r.job_id),
+                        esc(&r.tenant)
                     )
                 } else {
                     "not replayable".to_string()
@@ -191,6 +200,8 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
 #[derive(Debug, Deserialize)]
 pub(super) struct ReplayForm {
     job_id: String,
+    /// The job's tenant: two tenants may both have a job 42.
+    tenant: String,
 }
 
 pub(super) async fn replay(
@@ -198,10 +209,13 @@ pub(super) async fn replay(
     axum::Form(form): axum::Form<ReplayForm>,
 ) -> Response {
     // Only this job's dead letters are kept (a replay needs their originals).
-    let all = crate::output::replay::Filter::default();
+    let this_job = crate::output::replay::Filter {
+        tenant: Some(form.tenant.clone()),
+        job_id: Some(form.job_id.clone()),
+        ..Default::default()
+    };
     let keep = crate::output::replay::Keep {
-        job_id: Some(form.job_id.as_str()),
-        filter: &all,
+        filter: &this_job,
         at_most: 100,
         slim: false,
     };
@@ -216,20 +230,8 @@ pub(super) async fn replay(
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_GATEWAY, esc(&e.to_string())).into_response(),
     };
-    let only = crate::output::replay::Picture {
-        dead: picture
-            .dead
-            .into_iter()
-            .filter(|d| d.job_id.as_deref() == Some(form.job_id.as_str()))
-            .collect(),
-        finished: picture.finished,
-    };
-    let (decisions, messages) = crate::output::replay::plan_replay(
-        &only,
-        &ops.pipeline,
-        &crate::output::replay::Filter::default(),
-        3,
-    );
+    let (decisions, messages) =
+        crate::output::replay::plan_replay(&picture, &ops.pipeline, &this_job, 3);
     let sent = match crate::output::replay::send(&ops.kafka, messages).await {
         Ok(n) => n,
         Err(e) => return (StatusCode::BAD_GATEWAY, esc(&e.to_string())).into_response(),
@@ -237,7 +239,7 @@ pub(super) async fn replay(
     let what = decisions
         .first()
         .map_or("no such dead letter".to_string(), |d| d.action.clone());
-    tracing::info!(job_id = %form.job_id, sent, action = %what, "admin: replay");
+    tracing::info!(job_id = %form.job_id, tenant = %form.tenant, sent, action = %what, "admin: replay");
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>replay</title></head><body><p id=\"replayed\">{}: {} ({} sent)</p><p><a href=\"/\">back</a></p></body></html>",
         esc(&form.job_id),

@@ -152,7 +152,7 @@ impl Ops {
             return ok;
         }
         let kafka = self.kafka.clone();
-        let topic = self.pipeline.topics.intake.clone();
+        let topic = self.pipeline.all_topics().swap_remove(0);
         let ok = tokio::task::spawn_blocking(move || {
             crate::kafka::client::missing_topics(&kafka, &[topic]).is_ok_and(|m| m.is_empty())
         })

@@ -13,15 +13,19 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::config::Pipeline;
-use crate::envelope::{DeadLetter, Escalation, Intake, JobResult, Original};
+use crate::envelope::{DeadLetter, Escalation, Intake, Original};
 use crate::kafka::KafkaSettings;
-use crate::kafka::client::{ClientError, read_until, reader, send_all};
+use crate::kafka::client::{ClientError, read_until, reader, send_messages};
 
 /// Which dead letters.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Only this reason (snake_case).
     pub reason: Option<String>,
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only this job's (of any tenant, unless `tenant` is set too).
+    pub job_id: Option<String>,
     /// Only dead letters at or after this time.
     pub since: Option<OffsetDateTime>,
     /// At most this many.
@@ -33,6 +37,14 @@ impl Filter {
         self.reason
             .as_deref()
             .is_none_or(|r| d.reason.as_str() == r)
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| d.tenant.as_deref() == Some(t))
+            && self
+                .job_id
+                .as_deref()
+                .is_none_or(|j| d.job_id.as_deref() == Some(j))
             && self.since.is_none_or(|s| d.failed_at >= s)
     }
 }
@@ -42,8 +54,30 @@ impl Filter {
 pub struct Picture {
     /// Every dead letter, in topic order per partition.
     pub dead: Vec<DeadLetter>,
-    /// Jobs with a result.
-    pub finished: std::collections::HashSet<String>,
+    /// Jobs with a result, as (tenant, job id): job ids are the tenants' own, so two tenants'
+    /// job 42 are two jobs.
+    pub finished: std::collections::HashSet<(String, String)>,
+}
+
+impl Picture {
+    /// Whether this dead letter's job has a result since.
+    pub fn resolved(&self, d: &DeadLetter) -> bool {
+        match (&d.tenant, &d.job_id) {
+            (Some(t), Some(j)) => self.finished.contains(&(t.to_string(), j.to_string())),
+            _ => false,
+        }
+    }
+}
+
+/// The (tenant, job id) of a result, read without decoding the whole of it.
+fn result_owner(payload: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Owner {
+        tenant: String,
+        job_id: String,
+    }
+    let o: Owner = serde_json::from_slice(payload).ok()?;
+    Some((o.tenant, o.job_id))
 }
 
 /// Reads both topics to their current end (stops after `idle` without a new message).
@@ -61,8 +95,8 @@ pub async fn read_picture(
                 Ok(d) => picture.dead.push(d),
                 Err(e) => tracing::warn!(error = %e, "a message on the dead-letter topic is not a dead letter"),
             }
-        } else if let Ok(r) = serde_json::from_slice::<JobResult>(payload) {
-            picture.finished.insert(r.job_id.to_string());
+        } else if let Some(owner) = result_owner(payload) {
+            picture.finished.insert(owner);
         }
         false
     })
@@ -73,9 +107,7 @@ pub async fn read_picture(
 /// What a bounded read keeps of the dead-letter topic.
 #[derive(Debug, Clone, Copy)]
 pub struct Keep<'a> {
-    /// Only dead letters of this job (a replay), else every one that passes `filter`.
-    pub job_id: Option<&'a str>,
-    /// The filter (reason) for a listing.
+    /// What to keep (a replay asks for one tenant's job).
     pub filter: &'a Filter,
     /// At most this many, the newest (per partition order).
     pub at_most: usize,
@@ -97,11 +129,7 @@ pub async fn read_picture_bounded(
     let consumer = reader(kafka, &[&pipeline.topics.dlq])?;
     read_until(&consumer, idle, |_, payload| {
         if let Ok(mut d) = serde_json::from_slice::<DeadLetter>(payload) {
-            let wanted = match keep.job_id {
-                Some(id) => d.job_id.as_deref() == Some(id),
-                None => keep.filter.admits(&d),
-            };
-            if wanted {
+            if keep.filter.admits(&d) {
                 if keep.slim {
                     d.original = crate::envelope::Original::Utf8(String::new());
                     d.attempts = Vec::new();
@@ -117,18 +145,23 @@ pub async fn read_picture_bounded(
     })
     .await;
     drop(consumer);
-    let ids: std::collections::HashSet<String> = dead
+    let ids: std::collections::HashSet<(String, String)> = dead
         .iter()
-        .filter_map(|d| d.job_id.as_ref().map(ToString::to_string))
+        .filter_map(|d| {
+            Some((
+                d.tenant.as_ref()?.to_string(),
+                d.job_id.as_ref()?.to_string(),
+            ))
+        })
         .collect();
     let mut finished = std::collections::HashSet::new();
     if !ids.is_empty() {
         let consumer = reader(kafka, &[&pipeline.topics.results])?;
         read_until(&consumer, idle, |_, payload| {
-            if let Some(id) = crate::envelope::job_id_hint(payload)
-                && ids.contains(id.as_str())
+            if let Some(owner) = result_owner(payload)
+                && ids.contains(&owner)
             {
-                finished.insert(id.to_string());
+                finished.insert(owner);
             }
             false
         })
@@ -180,10 +213,7 @@ pub fn list(picture: &Picture, filter: &Filter) -> Vec<Listed> {
             reason: d.reason.as_str().to_string(),
             replayable: d.replayable,
             redrive_count: d.redrive_count,
-            resolved: d
-                .job_id
-                .as_ref()
-                .is_some_and(|id| picture.finished.contains(id.as_str())),
+            resolved: picture.resolved(d),
             detail: d.detail.clone(),
         })
         .collect();
@@ -200,6 +230,8 @@ pub fn list(picture: &Picture, filter: &Filter) -> Vec<Listed> {
 pub struct Decision {
     /// Job id.
     pub job_id: String,
+    /// Tenant.
+    pub tenant: String,
     /// Stage it goes back to.
     pub stage: String,
     /// The topic it goes to (when replayed).
@@ -208,8 +240,19 @@ pub struct Decision {
     pub action: String,
 }
 
-/// A message to send: topic, key, value.
-pub type Outgoing = (String, String, Vec<u8>);
+/// A message to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Topic.
+    pub topic: String,
+    /// Key (the job id).
+    pub key: String,
+    /// Value.
+    pub value: Vec<u8>,
+    /// The tenant header, when the pipeline binds tenants by header (`(name, tenant)`): the
+    /// dead letter's tenant was bound at intake, the replay carries it on.
+    pub header: Option<(String, String)>,
+}
 
 /// Chooses what to replay and builds the messages.
 pub fn plan_replay(
@@ -219,13 +262,14 @@ pub fn plan_replay(
     max_redrives: u32,
 ) -> (Vec<Decision>, Vec<Outgoing>) {
     // Each job's latest dead letter.
-    let mut latest: HashMap<&str, &DeadLetter> = HashMap::new();
+    let mut latest: HashMap<(&str, &str), &DeadLetter> = HashMap::new();
     for d in &picture.dead {
-        let Some(id) = d.job_id.as_deref() else {
+        let (Some(tenant), Some(id)) = (d.tenant.as_deref(), d.job_id.as_deref()) else {
             continue;
         };
+        let id = (tenant, id);
         let newer = latest
-            .get(id)
+            .get(&id)
             .is_none_or(|cur| (d.redrive_count, d.failed_at) >= (cur.redrive_count, cur.failed_at));
         if newer {
             latest.insert(id, d);
@@ -244,15 +288,17 @@ pub fn plan_replay(
     let mut messages = Vec::new();
     for d in chosen {
         let job_id = d.job_id.clone().unwrap_or_default();
+        let tenant = d.tenant.clone().unwrap_or_default();
         let mut decide = |topic: Option<String>, action: String| {
             decisions.push(Decision {
                 job_id: job_id.to_string(),
+                tenant: tenant.to_string(),
                 stage: d.stage.to_string(),
                 topic,
                 action,
             })
         };
-        if picture.finished.contains(job_id.as_str()) {
+        if picture.resolved(d) {
             decide(None, "skip: the job has a result since".into());
             continue;
         }
@@ -300,11 +346,28 @@ pub fn plan_replay(
                 attempts: d.attempts.clone(),
             })
         };
+        // Back to the intake: where the job's tenant is bound (its own topic, or the header).
+        let (topic, header) = if stage.index == 0 && stage.input_topic == pipeline.topics.intake {
+            let header = match &pipeline.tenant_binding {
+                crate::config::TenantBinding::Header(h) => {
+                    Some((h.clone(), job.tenant.to_string()))
+                }
+                _ => None,
+            };
+            (pipeline.tenant_intake_topic(&job.tenant), header)
+        } else {
+            (stage.input_topic.clone(), None)
+        };
         match body {
             Ok(bytes) => {
-                messages.push((stage.input_topic.clone(), job.job_id.to_string(), bytes));
+                messages.push(Outgoing {
+                    topic: topic.clone(),
+                    key: job.job_id.to_string(),
+                    value: bytes,
+                    header,
+                });
                 decide(
-                    Some(stage.input_topic.clone()),
+                    Some(topic),
                     format!("replay (redrive {})", job.redrive_count),
                 );
             }
@@ -315,17 +378,15 @@ pub fn plan_replay(
 }
 
 /// Sends the planned messages.
-pub async fn send(
-    kafka: &KafkaSettings,
-    messages: Vec<(String, String, Vec<u8>)>,
-) -> Result<usize, ClientError> {
-    let mut by_topic: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
-    for (topic, key, value) in messages {
-        by_topic.entry(topic).or_default().push((key, value));
-    }
-    let mut sent = 0;
-    for (topic, msgs) in by_topic {
-        sent += send_all(kafka, &topic, &msgs).await?;
-    }
-    Ok(sent)
+pub async fn send(kafka: &KafkaSettings, messages: Vec<Outgoing>) -> Result<usize, ClientError> {
+    let out: Vec<crate::kafka::client::Outgoing<'_>> = messages
+        .iter()
+        .map(|m| crate::kafka::client::Outgoing {
+            topic: &m.topic,
+            key: &m.key,
+            value: &m.value,
+            header: m.header.as_ref().map(|(h, v)| (h.as_str(), v.as_str())),
+        })
+        .collect();
+    send_messages(kafka, &out).await
 }
