@@ -9,32 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard::envelope::DeadLetterReason;
 use switchyard::kafka::client::{read_until, reader, send_all};
 use switchyard_testkit::Harness;
-use switchyard_testkit::fixtures::{copy_llm_pipelines, job, quiet_profile, run_command};
+use switchyard_testkit::fixtures::{
+    chat_completion, copy_llm_pipelines, job, quiet_profile, run_command,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const KEY: &str = "sk-hostile-test-key-5f1c9a";
-
-/// A valid triage answer (the shipped output schema).
-fn answer() -> Value {
-    json!({"category": "card_arrival", "urgency": "low", "sentiment": "neutral",
-           "summary": "The customer card has not arrived yet.", "draft_reply": "Sorry for the wait: your card is on its way and should arrive within a few days.", "confidence": 0.99})
-}
-
-fn completion(usage_tokens: u64) -> String {
-    json!({
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": answer().to_string()}}],
-        "usage": {"prompt_tokens": usage_tokens, "completion_tokens": usage_tokens,
-                  "total_tokens": usage_tokens}
-    })
-    .to_string()
-}
 
 /// An OpenAI-compatible provider that misbehaves as the prompt asks. `elsewhere` counts the
 /// requests a second server (the target of a cross-origin redirect) receives.
@@ -93,7 +78,7 @@ async fn hostile_provider(elsewhere: u16) -> u16 {
                         "{}",
                     )
                 } else if body.contains("HOSTILE-huge-usage") {
-                    reply("200 OK", "", &completion(u64::MAX))
+                    reply("200 OK", "", &chat_completion(u64::MAX))
                 } else if body.contains("HOSTILE-redirect") {
                     reply(
                         "307 Temporary Redirect",
@@ -132,7 +117,7 @@ async fn hostile_provider(elsewhere: u16) -> u16 {
                     let _ = sock.write_all(b"0\r\n\r\n").await;
                     return;
                 } else {
-                    reply("200 OK", "", &completion(100))
+                    reply("200 OK", "", &chat_completion(100))
                 };
                 let _ = sock.write_all(out.as_bytes()).await;
             });

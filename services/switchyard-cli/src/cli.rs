@@ -546,6 +546,27 @@ pub struct DevBrokerArgs {
     pub partitions: i32,
 }
 
+/// `run --from`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StartArg {
+    /// The oldest message on the topic.
+    Earliest,
+    /// The end of the topic.
+    Latest,
+    /// Committed offsets only; a new group is an error.
+    Committed,
+}
+
+impl From<StartArg> for switchyard::kafka::StartFrom {
+    fn from(a: StartArg) -> Self {
+        match a {
+            StartArg::Earliest => Self::Earliest,
+            StartArg::Latest => Self::Latest,
+            StartArg::Committed => Self::Committed,
+        }
+    }
+}
+
 /// `switchyard run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -561,6 +582,12 @@ pub struct RunArgs {
     /// Consumer group prefix.
     #[arg(long, default_value = "switchyard")]
     pub group_prefix: String,
+    /// Where a stage whose consumer group has no committed offsets starts: `earliest` (every
+    /// message still on the topic is processed, and paid for), `latest` (only new ones), or
+    /// `committed` (refuse to start: a new group is a mistake). Groups with committed offsets
+    /// always resume from them.
+    #[arg(long = "from", value_enum, default_value = "earliest")]
+    pub start_from: StartArg,
     /// Extra librdkafka property, `key=value` (repeatable), e.g. `-X security.protocol=SASL_SSL`.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
@@ -675,6 +702,11 @@ pub struct ProduceArgs {
 pub struct ValidateArgs {
     /// Pipeline folder.
     pub pipeline: PathBuf,
+    /// Also require every key reference to resolve (`env:NAME` set, `file:PATH` readable), as
+    /// `run` does. Without it, missing keys are listed but do not fail the check, so a config
+    /// can be validated where its secrets are not (CI).
+    #[arg(long)]
+    pub check_keys: bool,
 }
 
 /// Runs a parsed command line; the process exit code is the result.
@@ -684,7 +716,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::DevBroker(a) => dev_broker(a).await,
         Command::Run(a) => run_pipeline(a).await,
         Command::Produce(a) => produce(a).await,
-        Command::Validate(a) => validate(&a.pipeline),
+        Command::Validate(a) => validate(&a.pipeline, a.check_keys),
         Command::Models(a) => models(a),
         Command::LedgerSink(a) => ledger_sink(a).await,
         Command::Chaos(a) => chaos(a).await,
@@ -793,12 +825,68 @@ async fn dev_broker(a: DevBrokerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says, loudly, where each stage's consumer group will start when it has no committed
+/// offsets (a new group, e.g. a new `--group-prefix`), and refuses with `--from committed`.
+fn announce_start_positions(
+    pipeline: &Pipeline,
+    kafka: &KafkaSettings,
+    a: &RunArgs,
+) -> anyhow::Result<()> {
+    use switchyard::kafka::StartFrom;
+    for stage in &pipeline.stages {
+        if !a.stages.is_empty() && !a.stages.iter().any(|s| s == stage.name.as_str()) {
+            continue;
+        }
+        let group = format!("{}.{}.{}", a.group_prefix, pipeline.name, stage.name);
+        let topics: Vec<String> = pipeline
+            .stage_topics(stage.index)
+            .into_iter()
+            .map(|t| t.topic)
+            .collect();
+        let start = switchyard::kafka::client::group_start(kafka, &group, &topics)
+            .map_err(anyhow::Error::msg)?;
+        if start.committed == start.partitions {
+            continue;
+        }
+        let fresh = if start.committed == 0 {
+            "has no committed offsets (a new group)".to_string()
+        } else {
+            format!(
+                "has committed offsets on {} of {} partitions",
+                start.committed, start.partitions
+            )
+        };
+        match kafka.start_from {
+            StartFrom::Committed => anyhow::bail!(
+                "consumer group {group} {fresh} on {}, and --from committed refuses to start it; check --group-prefix (now `{}`), or start it with --from earliest (process the {} messages there) or --from latest (only new ones)",
+                topics.join(", "),
+                a.group_prefix,
+                start.uncommitted_backlog
+            ),
+            StartFrom::Earliest => tracing::warn!(
+                group = %group,
+                "consumer group {group} {fresh}: those partitions start from the EARLIEST message, so {} messages already on {} will be processed (and their LLM calls paid for); use --from latest to start at the end, --from committed to refuse",
+                start.uncommitted_backlog,
+                topics.join(", ")
+            ),
+            StartFrom::Latest => tracing::warn!(
+                group = %group,
+                "consumer group {group} {fresh}: those partitions start from the LATEST message; the {} messages already on {} are skipped",
+                start.uncommitted_backlog,
+                topics.join(", ")
+            ),
+        }
+    }
+    Ok(())
+}
+
 async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
     crate::log::init_with("info", a.log_format);
     let pipeline = Arc::new(load(&a.pipeline)?);
-    let kafka = KafkaSettings::new(&a.brokers)
+    let mut kafka = KafkaSettings::new(&a.brokers)
         .with_options(&a.kafka_options)
         .map_err(anyhow::Error::msg)?;
+    kafka.start_from = a.start_from.into();
     let missing = switchyard::kafka::client::missing_topics(&kafka, &pipeline.all_topics())
         .map_err(anyhow::Error::msg)?;
     if !missing.is_empty() {
@@ -808,6 +896,7 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
             missing.join(", ")
         );
     }
+    announce_start_positions(&pipeline, &kafka, &a)?;
     let shutdown = shutdown_signal();
     tracing::info!(pipeline = %pipeline.name, brokers = %a.brokers, "starting");
     let (ledger, spend_seed) = match (&a.database_url, a.no_ledger_sink) {
@@ -887,34 +976,61 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
-    crate::log::init("warn");
+    crate::log::init("warn,librdkafka=off");
     let pipeline = load(&a.pipeline)?;
     let kafka = KafkaSettings::new(&a.brokers)
         .with_options(&a.kafka_options)
         .map_err(anyhow::Error::msg)?;
-    let text = std::fs::read_to_string(&a.file)
-        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    // `--file -` is standard input; bytes, so `--raw` can send lines that are not UTF-8.
+    let (bytes, name) = if a.file.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("cannot read standard input")?;
+        (b, "<stdin>".to_string())
+    } else {
+        let b =
+            std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+        (b, a.file.display().to_string())
+    };
+    // Fail fast, naming the brokers, rather than waiting out every message's timeout.
+    let intake_topics: Vec<String> = pipeline
+        .intake_topics()
+        .into_iter()
+        .map(|t| t.topic)
+        .collect();
+    let check = kafka.clone();
+    let wanted = intake_topics;
+    let missing = tokio::task::spawn_blocking(move || {
+        switchyard::kafka::client::missing_topics(&check, &wanted)
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
     let mut topics: Vec<String> = Vec::new();
     let sent = if a.raw {
         topics.push(pipeline.topics.intake.clone());
-        let messages: Vec<(String, Vec<u8>)> = text
-            .lines()
+        let messages: Vec<(String, Vec<u8>)> = bytes
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.is_empty())
             .enumerate()
-            .map(|(i, l)| (format!("raw-{i}"), l.as_bytes().to_vec()))
+            .map(|(i, l)| (format!("raw-{i}"), l.to_vec()))
             .collect();
         send_all(&kafka, &pipeline.topics.intake, &messages).await
     } else {
-        let jobs = jobs_from_jsonl(
-            &text,
-            &a.file.display().to_string(),
-            &pipeline.name,
-            &a.tenant,
-        )?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| anyhow!("{name} is not UTF-8 ({e}); jobs are UTF-8 JSON lines (use --raw to send bytes unchecked)"))?;
+        let jobs = jobs_from_jsonl(&text, &name, &pipeline.name, &a.tenant)?;
         for j in &jobs {
             let t = pipeline.tenant_intake_topic(&j.tenant);
             if !topics.contains(&t) {
                 topics.push(t);
             }
+        }
+        if let Some(t) = topics.iter().find(|t| missing.contains(t)) {
+            anyhow::bail!(
+                "topic {t} does not exist on {}; create it (or run `switchyard dev-broker --pipeline DIR` locally)",
+                a.brokers
+            );
         }
         switchyard::kafka::client::produce_intake(&kafka, &pipeline, &jobs).await
     }
@@ -923,9 +1039,18 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate(dir: &Path) -> anyhow::Result<()> {
-    let p = load(dir)?;
+fn validate(dir: &Path, check_keys: bool) -> anyhow::Result<()> {
+    let options = switchyard::config::LoadOptions {
+        require_keys: check_keys,
+    };
+    let p = Pipeline::load_with(&locate(dir), &options)
+        .map_err(|e| anyhow!("invalid pipeline configuration:\n{e}"))?;
     println!("{}: ok", p.dir.join("pipeline.yaml").display());
+    for k in &p.unresolved_keys {
+        println!(
+            "  key not available here (`run` needs it; --check-keys makes this an error): {k}"
+        );
+    }
     println!("  topics to create: {}", p.all_topics().join(", "));
     let tenants = match &p.tenant_binding {
         switchyard::config::TenantBinding::Payload => {
@@ -979,24 +1104,36 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
             .map(|s| s.input_topic.clone())
             .ok_or_else(|| anyhow!("pipeline `{}` has one stage: nothing escalates", p.name))?,
     };
-    let consumer =
-        switchyard::kafka::client::reader(&kafka, &[&topic]).map_err(anyhow::Error::msg)?;
-    let idle = if a.follow {
-        // A year of silence before giving up is as good as forever.
-        Duration::from_secs(365 * 24 * 3600)
-    } else {
-        Duration::from_secs(3)
-    };
     let mut n = 0usize;
     let limit = a.limit.unwrap_or(usize::MAX);
     let mut out = std::io::stdout().lock();
-    switchyard::kafka::client::read_until(&consumer, idle, |_, payload| {
+    let mut print = |_: &str, payload: &[u8]| {
         let _ = out.write_all(payload);
         let _ = out.write_all(b"\n");
         n += 1;
         n >= limit
-    })
-    .await;
+    };
+    if a.follow {
+        // Until Ctrl-C (a year of silence is as good as forever).
+        let consumer =
+            switchyard::kafka::client::reader(&kafka, &[&topic]).map_err(anyhow::Error::msg)?;
+        switchyard::kafka::client::read_until(
+            &consumer,
+            Duration::from_secs(365 * 24 * 3600),
+            print,
+        )
+        .await;
+    } else {
+        // Up to the end the topic had when `tail` started, even while it is being written to.
+        switchyard::kafka::client::read_to_end(
+            &kafka,
+            &[&topic],
+            Duration::from_secs(10),
+            &mut print,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
     eprintln!("{n} messages from {topic}");
     Ok(())
 }
@@ -1180,6 +1317,9 @@ async fn dlq_context(
         ),
         None => None,
     };
+    if let Some(r) = &a.reason {
+        switchyard::envelope::DeadLetterReason::parse(r).map_err(anyhow::Error::msg)?;
+    }
     let filter = switchyard::output::replay::Filter {
         reason: a.reason.clone(),
         tenant: a.tenant.clone(),

@@ -149,6 +149,25 @@ pub fn job(id: &str, text: &str) -> Intake {
     }
 }
 
+/// A valid triage answer (the shipped output schema), sure of itself.
+pub fn triage_answer() -> serde_json::Value {
+    serde_json::json!({"category": "card_arrival", "urgency": "low", "sentiment": "neutral",
+           "summary": "The customer card has not arrived yet.", "draft_reply": "Sorry for the wait: your card is on its way and should arrive within a few days.", "confidence": 0.99})
+}
+
+/// An OpenAI chat-completions reply carrying [`triage_answer`], with `usage_tokens` of usage
+/// each way (what a provider stand-in of a test sends back).
+pub fn chat_completion(usage_tokens: u64) -> String {
+    serde_json::json!({
+        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": triage_answer().to_string()}}],
+        "usage": {"prompt_tokens": usage_tokens, "completion_tokens": usage_tokens,
+                  "total_tokens": usage_tokens}
+    })
+    .to_string()
+}
+
 /// The ids of some jobs.
 pub fn ids(jobs: &[Intake]) -> HashSet<String> {
     jobs.iter().map(|j| j.job_id.to_string()).collect()

@@ -118,7 +118,7 @@ fn main() {
         order: vec!["provider-5".into(), "provider-1".into()],
         max_price: Some(MaxPrice {
             input: Some(PerMTok(700_000)),
-            output: None,
+            ..MaxPrice::default()
         }),
         require_parameters: true,
         data_collection: DataPolicy::Deny,

@@ -260,6 +260,33 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    /// Every reason.
+    pub const ALL: [DeadLetterReason; 10] = [
+        DeadLetterReason::InvalidIntake,
+        DeadLetterReason::ProviderExhausted,
+        DeadLetterReason::SchemaInvalid,
+        DeadLetterReason::GateRejected,
+        DeadLetterReason::InvalidRequest,
+        DeadLetterReason::ContentPolicy,
+        DeadLetterReason::OutputRejected,
+        DeadLetterReason::UnknownTenant,
+        DeadLetterReason::BudgetExceeded,
+        DeadLetterReason::InternalError,
+    ];
+
+    /// The reason named `name` (snake_case); an unknown name is an error listing the valid ones.
+    pub fn parse(name: &str) -> Result<DeadLetterReason, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown dead-letter reason `{name}`; the reasons are: {}",
+                    Self::ALL.map(|r| r.as_str()).join(", ")
+                )
+            })
+    }
+
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {

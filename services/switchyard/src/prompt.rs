@@ -80,6 +80,42 @@ impl Prompts {
         };
         Ok(Rendered { system, user })
     }
+
+    /// The variables the templates use (as dotted paths, e.g. `job.payload.subject`) that this
+    /// job's context lacks: what a strict render fails on, by name.
+    pub fn missing_variables(
+        &self,
+        job: &Intake,
+        escalations: &[EscalationStep],
+        output_schema: &str,
+    ) -> Vec<String> {
+        let ctx = serde_json::to_value(Context {
+            job,
+            escalations,
+            last_escalation: escalations.last(),
+            output_schema,
+        })
+        .unwrap_or_default();
+        let names = ["user", "system"];
+        let mut out: Vec<String> = names
+            .iter()
+            .filter_map(|n| self.env.get_template(n).ok())
+            .flat_map(|t| t.undeclared_variables(true))
+            .filter(|path| {
+                let mut at = &ctx;
+                !path.split('.').all(|key| match at.get(key) {
+                    Some(v) => {
+                        at = v;
+                        true
+                    }
+                    None => false,
+                })
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -106,8 +142,12 @@ mod tests {
         let r = p.render(&job(), &[], "{}").unwrap();
         assert_eq!(r.user, "Ticket: my card is lost");
         assert_eq!(r.system.as_deref(), Some("sys t"));
-        let bad = Prompts::new(None, "{{ job.payload.subject }}").unwrap();
+        let bad = Prompts::new(None, "{{ job.payload.subject }} {{ job.payload.text }}").unwrap();
         assert!(bad.render(&job(), &[], "{}").is_err());
+        assert_eq!(
+            bad.missing_variables(&job(), &[], "{}"),
+            ["job.payload.subject"]
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use switchyard::envelope::{
     Attempt, AttemptClass, DeadLetter, Intake, JobResult, now, validation_errors,
 };
 use switchyard::kafka::KafkaSettings;
-use switchyard::kafka::client::{read_until, reader};
+use switchyard::kafka::client::read_to_end;
 use switchyard::ledger::LedgerRecord;
 use switchyard::limit::Limits;
 use switchyard::limit::budget::Spend;
@@ -336,9 +336,13 @@ pub async fn read_window(
     idle: Duration,
 ) -> Result<Records, switchyard::kafka::client::ClientError> {
     let topics = &pipeline.topics;
-    let consumer = reader(kafka, &[&topics.results, &topics.dlq, &topics.ledger])?;
     let mut records = Records::default();
-    read_until(&consumer, idle, |topic, payload| {
+    let names = [
+        topics.results.as_str(),
+        topics.dlq.as_str(),
+        topics.ledger.as_str(),
+    ];
+    read_to_end(kafka, &names, idle, |topic, payload| {
         if topic == topics.results {
             match serde_json::from_slice::<JobResult>(payload) {
                 Ok(r) if r.completed_at >= since => records.results.push(r),
@@ -360,7 +364,7 @@ pub async fn read_window(
         }
         false
     })
-    .await;
+    .await?;
     if records.unreadable > 0 {
         tracing::warn!(
             unreadable = records.unreadable,

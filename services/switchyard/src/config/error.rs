@@ -83,6 +83,7 @@ pub(crate) fn read_yaml<T: serde::de::DeserializeOwned>(
             ),
         )
     })?;
+    let text = super::interpolate::interpolate(path, &text, &|name| std::env::var(name).ok())?;
     let value = parse_yaml(path, &text)?;
     Ok((value, text))
 }

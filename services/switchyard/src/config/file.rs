@@ -232,6 +232,10 @@ pub struct RouteSpec {
     /// Models to try when a provider refuses the content (content_policy); none: dead-letter.
     #[serde(default)]
     pub content_fallback: Vec<String>,
+    /// Fields added to this stage's request bodies, over the provider's own `extra_body`
+    /// (e.g. `{transforms: [], reasoning: {effort: low}}` for OpenRouter).
+    #[serde(default)]
+    pub extra_body: serde_json::Map<String, Value>,
 }
 
 pub(crate) fn default_max_wait() -> Duration {
@@ -265,12 +269,19 @@ pub enum DataPolicy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaxPrice {
-    /// Highest prompt price allowed.
-    #[serde(default)]
+    /// Highest prompt price allowed (OpenRouter's name: `prompt`).
+    #[serde(default, alias = "prompt")]
     pub input: Option<PerMTok>,
-    /// Highest completion price allowed.
-    #[serde(default)]
+    /// Highest completion price allowed (OpenRouter's name: `completion`).
+    #[serde(default, alias = "completion")]
     pub output: Option<PerMTok>,
+    /// Highest price per request, US dollars; passed on to OpenRouter (the catalog has no
+    /// per-request prices to filter by here).
+    #[serde(default)]
+    pub request: Option<f64>,
+    /// Highest price per image, US dollars; passed on to OpenRouter.
+    #[serde(default)]
+    pub image: Option<f64>,
 }
 
 /// Provider preferences, as OpenRouter's `provider` object.
@@ -289,9 +300,14 @@ pub struct ProviderPrefs {
     /// With false: only the providers in `order` (or only each model's top endpoint).
     #[serde(default = "yes")]
     pub allow_fallbacks: bool,
-    /// Sort endpoints by this instead of the default price-weighted choice.
-    #[serde(default)]
+    /// Sort endpoints by this instead of the default price-weighted choice: `price`,
+    /// `latency` or `throughput`, or OpenRouter's object form `{by: price, partition: …}`.
+    #[serde(default, deserialize_with = "sort_either")]
     pub sort: Option<SortBy>,
+    /// Only endpoints serving one of these quantizations (`fp8`, `int4`, …); endpoints whose
+    /// quantization the catalog does not give are kept.
+    #[serde(default)]
+    pub quantizations: Vec<String>,
     /// Leave out endpoints priced above this.
     #[serde(default)]
     pub max_price: Option<MaxPrice>,
@@ -310,6 +326,24 @@ pub(crate) fn yes() -> bool {
     true
 }
 
+/// `sort` as a name or as OpenRouter's object `{by, partition}`.
+fn sort_either<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SortBy>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Name(SortBy),
+        Object {
+            by: SortBy,
+            #[serde(default)]
+            #[allow(dead_code)]
+            partition: Option<String>,
+        },
+    }
+    Ok(Option::<Either>::deserialize(d)?.map(|e| match e {
+        Either::Name(by) | Either::Object { by, .. } => by,
+    }))
+}
+
 impl Default for ProviderPrefs {
     fn default() -> Self {
         Self {
@@ -318,6 +352,7 @@ impl Default for ProviderPrefs {
             ignore: Vec::new(),
             allow_fallbacks: true,
             sort: None,
+            quantizations: Vec::new(),
             max_price: None,
             require_parameters: false,
             data_collection: DataPolicy::Allow,
@@ -505,6 +540,12 @@ pub struct ProvidersFile {
 pub enum ApiFamily {
     /// OpenAI chat completions (OpenAI, OpenRouter, vLLM, Ollama, llm-sim, …).
     Openai,
+    /// OpenRouter: OpenAI chat completions plus OpenRouter's routing among its upstream
+    /// providers. The route's provider preferences that apply upstream (`sort`, `max_price`,
+    /// `quantizations`, `data_collection`, `zdr`, `require_parameters`) go out as the request's
+    /// `provider` object; `order`, `only` and `ignore` name Switchyard's providers and do not
+    /// (set OpenRouter's own in `extra_body.provider`).
+    Openrouter,
     /// Anthropic Messages.
     Anthropic,
 }
@@ -542,6 +583,11 @@ pub struct ProviderFile {
     /// providers: metadata is never sent unless listed here.
     #[serde(default)]
     pub forward_metadata: Vec<String>,
+    /// Fields added to every request body sent to this provider, as the provider documents
+    /// them (e.g. OpenRouter's `provider`, `transforms`, `reasoning`, `usage`). A route's own
+    /// `extra_body` adds to and overrides these.
+    #[serde(default)]
+    pub extra_body: serde_json::Map<String, Value>,
 }
 
 /// One key of a provider, as written.

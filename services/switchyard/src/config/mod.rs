@@ -9,6 +9,7 @@
 pub mod catalog;
 mod error;
 mod file;
+pub mod interpolate;
 mod resolve;
 pub mod span;
 pub mod tenant;
@@ -156,6 +157,10 @@ pub struct Stage {
     pub local: Option<LocalStage>,
     /// Gate settings.
     pub gate: GateSpec,
+    /// Fields added to request bodies, by provider name (the provider's `extra_body`, the
+    /// route's over it, and for OpenRouter the `provider` object); providers without any are
+    /// absent.
+    pub extra_body: BTreeMap<String, serde_json::Map<String, Value>>,
 }
 
 /// A local stage's trained classifier.
@@ -192,6 +197,23 @@ pub struct Pipeline {
     pub ordering: Ordering,
     /// Where a job's tenant comes from.
     pub tenant_binding: TenantBinding,
+    /// Keys that did not resolve (a variable not set, a file missing), when loaded with
+    /// `require_keys: false`; their calls would go out without them.
+    pub unresolved_keys: Vec<ConfigError>,
+}
+
+/// How strictly to load a pipeline.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Whether every key reference must resolve (`run`), or may be missing (`validate` in CI,
+    /// where the secrets are not).
+    pub require_keys: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { require_keys: true }
+    }
 }
 
 /// Where a job's tenant comes from, resolved.
@@ -444,6 +466,148 @@ mod tests {
         );
         assert!(!p.all_topics().contains(&p.topics.intake));
         assert_eq!(p.stage_topics(1)[0].topic, p.stages[1].input_topic);
+    }
+
+    /// The line (1-based) of the first line of `text` containing `needle`.
+    fn line_with(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn mistakes_that_would_silently_turn_a_gate_or_a_route_off_are_refused_at_their_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = copy_pipelines(tmp.path()).join("support-triage");
+        let file = dir.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let triage = text.find("  - name: triage").unwrap();
+        let mut edited = text[..triage].replacen(
+            "in: [compromised_card,",
+            "in: [compromised_cards, compromised_card,",
+            1,
+        );
+        edited.push_str(&text[triage..].replacen("field: category", "field: categroy", 1));
+        let edited = edited
+            .replacen(
+                "      min_confidence: 0.5\n",
+                "      min_confidence: 0.5\n      confidence_field: confidance\n",
+                1,
+            )
+            .replacen(
+                "      max_tokens: 1200\n",
+                "      max_tokens: 1200\n      provider: { data_collection: deny }\n",
+                1,
+            );
+        std::fs::write(&file, &edited).unwrap();
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let typo = error_about(&errors, "`categroy` is not a field");
+        assert_eq!(typo.line, Some(line_with(&edited, "categroy")), "{errors}");
+        assert!(typo.message.contains("category"), "{typo}");
+        let value = error_about(&errors, "\"compromised_cards\" is not a value");
+        assert!(value.message.contains("valid choices"), "{value}");
+        assert!(value.message.contains("stage `local`"), "{value}");
+        assert_eq!(value.line, Some(line_with(&edited, "compromised_cards")));
+        let conf = error_about(&errors, "`confidance`");
+        assert_eq!(conf.line, Some(line_with(&edited, "confidance")));
+        let route = error_about(&errors, "leaves no endpoint");
+        assert!(route.message.contains("stage `resolve`"), "{route}");
+        assert_eq!(
+            route.line,
+            Some(line_with(&edited, "data_collection: deny"))
+        );
+    }
+
+    #[test]
+    fn a_tenant_whose_rules_leave_no_endpoint_is_refused_at_its_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pipelines = copy_pipelines(tmp.path());
+        let dir = pipelines.join("support-triage");
+        let tenants = "tenants:\n  acme: {}\n  strict:\n    data_collection: deny\n";
+        std::fs::write(pipelines.join("tenants.yaml"), tenants).unwrap();
+        let file = dir.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{text}tenants: ../tenants.yaml\n")).unwrap();
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let e = error_about(&errors, "tenant `strict`");
+        assert!(e.message.contains("no endpoint"), "{e}");
+        // At the tenant's rules (its data policy is line 4).
+        assert_eq!(e.line, Some(4), "{errors}");
+        assert!(e.path.ends_with("tenants.yaml"));
+    }
+
+    #[test]
+    fn prompts_name_the_variable_a_sample_lacks_and_an_empty_samples_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = copy_pipelines(tmp.path()).join("support-triage");
+        let prompt = dir.join("prompts/triage.md");
+        let text = std::fs::read_to_string(&prompt).unwrap();
+        std::fs::write(
+            &prompt,
+            format!("{text}\nTier: {{{{ job.payload.customer_tier }}}}\n"),
+        )
+        .unwrap();
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let e = error_about(&errors, "`job.payload.customer_tier`");
+        assert!(e.path.ends_with("prompts/triage.md"), "{e}");
+        std::fs::write(dir.join("samples/tickets.jsonl"), "\n").unwrap();
+        let errors = Pipeline::load(&dir).unwrap_err();
+        error_about(&errors, "has no jobs");
+    }
+
+    #[test]
+    fn keys_are_required_to_run_but_not_to_validate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pipelines = copy_pipelines(tmp.path());
+        let providers = pipelines.join("providers.yaml");
+        let text = std::fs::read_to_string(&providers).unwrap();
+        let edited = text.replacen(
+            "    rpm: 60000",
+            "    rpm: 60000\n    api_key: env:SWITCHYARD_TEST_KEY_THAT_IS_NOT_SET",
+            1,
+        );
+        assert_ne!(edited, text);
+        std::fs::write(&providers, edited).unwrap();
+        let dir = pipelines.join("support-triage");
+        let errors = Pipeline::load(&dir).unwrap_err();
+        error_about(&errors, "SWITCHYARD_TEST_KEY_THAT_IS_NOT_SET");
+        let lenient = Pipeline::load_with(
+            &dir,
+            &LoadOptions {
+                require_keys: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(lenient.unresolved_keys.len(), 1);
+        assert!(
+            lenient.unresolved_keys[0]
+                .message
+                .contains("SWITCHYARD_TEST_KEY_THAT_IS_NOT_SET")
+        );
+    }
+
+    #[test]
+    fn config_files_take_environment_variables_with_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = copy_pipelines(tmp.path()).join("support-triage");
+        let file = dir.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let edited = text.replacen(
+            "min_confidence: 0.68",
+            "min_confidence: ${SWITCHYARD_TEST_UNSET_THRESHOLD:-0.66}",
+            1,
+        );
+        std::fs::write(&file, &edited).unwrap();
+        let p = Pipeline::load(&dir).unwrap();
+        let triage = p.stages.iter().find(|s| s.name == "triage").unwrap();
+        assert_eq!(triage.gate.min_confidence, Some(0.66));
+        let edited = text.replacen(
+            "min_confidence: 0.68",
+            "min_confidence: ${SWITCHYARD_TEST_UNSET_THRESHOLD}",
+            1,
+        );
+        std::fs::write(&file, &edited).unwrap();
+        let errors = Pipeline::load(&dir).unwrap_err();
+        let e = error_about(&errors, "SWITCHYARD_TEST_UNSET_THRESHOLD");
+        assert_eq!(e.line, Some(line_with(&edited, "SWITCHYARD_TEST_UNSET")));
     }
 
     #[test]

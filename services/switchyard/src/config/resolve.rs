@@ -14,6 +14,11 @@ impl Pipeline {
     /// Loads `DIR/pipeline.yaml` (or the YAML file given) and everything it references.
     /// Relative paths are from the working directory.
     pub fn load(dir: &Path) -> Result<Pipeline, ConfigErrors> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// [`Pipeline::load`] with options (e.g. keys not required, for checking a config in CI).
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigErrors> {
         // `validate pipelines/x/pipeline.yaml` means the folder it is in.
         let (dir, path) = if dir.is_file() {
             let folder = dir.parent().filter(|p| !p.as_os_str().is_empty());
@@ -40,7 +45,7 @@ impl Pipeline {
             .into());
         }
         let (file, text): (PipelineFile, String) = read_yaml(&path)?;
-        Self::resolve(dir, &path, &text, file)
+        Self::resolve(dir, &path, &text, file, options)
     }
 
     /// The stage after `index`, if any.
@@ -78,8 +83,14 @@ impl Pipeline {
         path: &Path,
         text: &str,
         file: PipelineFile,
+        options: &LoadOptions,
     ) -> Result<Pipeline, ConfigErrors> {
         let mut errors = Vec::new();
+        // Keys that did not resolve, when keys are not required.
+        let mut keys = Keys {
+            required: options.require_keys,
+            unresolved: Vec::new(),
+        };
         let at = |needle: &str| line_of(text, needle);
         // Lines of values, from the YAML parser's spans.
         let spans = Spans::parse(text);
@@ -232,12 +243,20 @@ impl Pipeline {
             &providers_path,
             &providers_text,
             &mut errors,
+            &mut keys,
         );
 
         if let Some(s) = &file.samples {
             match first_sample(&dir.join(s), &file.name) {
                 Ok(Some(job)) => check_prompts_render(dir, &file, &stages, &job, &mut errors),
-                Ok(None) => {}
+                Ok(None) => errors.push(err(
+                    path,
+                    at(&s.display().to_string()),
+                    format!(
+                        "samples file {} has no jobs: the prompts are checked against its first line and `demo` sends them; add one payload per line, or drop `samples:`",
+                        dir.join(s).display()
+                    ),
+                )),
                 Err(e) => errors.push(err(path, at(&s.display().to_string()), e)),
             }
         }
@@ -246,14 +265,48 @@ impl Pipeline {
             Some(t) => {
                 let tpath = dir.join(t);
                 let (tf, ttext): (TenantsFile, String) = read_yaml(&tpath)?;
-                Some(resolve_tenants(
+                let resolved = resolve_tenants(
                     &tpath,
                     &ttext,
                     tf,
                     &catalog,
                     &providers_file,
                     &mut errors,
-                ))
+                    &mut keys,
+                );
+                // A tenant whose rules leave a stage no endpoint would have every job
+                // dead-lettered: say so at start.
+                let tspans = Spans::parse(&ttext);
+                for (name, tenant) in &resolved {
+                    let needs = crate::route::Needs {
+                        tenant: Some(tenant.rules()),
+                        ..Default::default()
+                    };
+                    for st in stages
+                        .iter()
+                        .filter(|st| st.local.is_none() && !st.models.is_empty())
+                    {
+                        let plan = crate::route::plan(
+                            &st.models,
+                            &st.route.provider,
+                            &needs,
+                            &|_| Default::default(),
+                            None,
+                        );
+                        if plan.candidates.is_empty() {
+                            errors.push(err(
+                                &tpath,
+                                tspans.line(&[Step::Key("tenants"), Step::Key(name)]),
+                                format!(
+                                    "tenant `{name}`: its rules leave stage `{}` no endpoint to call, so every job of this tenant would be dead-lettered: {}",
+                                    st.name,
+                                    exclusions_text(&plan.excluded)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Some(resolved)
             }
         };
         let tenant_binding = match file.tenant_from {
@@ -292,6 +345,7 @@ impl Pipeline {
             return Err(ConfigErrors(errors));
         }
         Ok(Pipeline {
+            unresolved_keys: keys.unresolved,
             tenant_binding,
             tenants,
             ordering: file.ordering,
@@ -315,12 +369,27 @@ fn resolve_providers(
     providers_path: &Path,
     providers_text: &str,
     errors: &mut Vec<ConfigError>,
+    key_errors: &mut Keys,
 ) -> BTreeMap<String, Provider> {
     let mut providers = BTreeMap::new();
     for pname in used_providers {
         let Some(p) = providers_file.providers.get(&pname) else {
             continue;
         };
+        for k in p
+            .extra_body
+            .keys()
+            .filter(|k| RESERVED_BODY_FIELDS.contains(&k.as_str()))
+        {
+            errors.push(err(
+                providers_path,
+                line_of(providers_text, &format!("{k}:")),
+                format!(
+                    "provider `{pname}`: extra_body may not set `{k}`, which Switchyard sets itself (it may not set: {})",
+                    RESERVED_BODY_FIELDS.join(", ")
+                ),
+            ));
+        }
         let env_name = format!("SWITCHYARD_PROVIDER_{}_URL", env_key(&pname));
         let from_env = std::env::var(&env_name).ok();
         let base_url = from_env.clone().unwrap_or_else(|| p.base_url.clone());
@@ -356,11 +425,14 @@ fn resolve_providers(
                     rpm: k.rpm,
                     tpm: k.tpm,
                 }),
-                Err(e) => errors.push(err(
-                    providers_path,
-                    line_of(providers_text, &k.key.to_string()),
-                    format!("provider `{pname}`: {e}"),
-                )),
+                Err(e) => key_errors.refused(
+                    errors,
+                    err(
+                        providers_path,
+                        line_of(providers_text, &k.key.to_string()),
+                        format!("provider `{pname}`: {e}"),
+                    ),
+                ),
             }
         }
         providers.insert(
@@ -672,13 +744,117 @@ fn resolve_stage(
         _ => {}
     }
     for (j, r) in s.gate.escalate_if.iter().enumerate() {
+        let rule_at = |key: &'static str| {
+            stage_at(&[
+                Step::Key("gate"),
+                Step::Key("escalate_if"),
+                Step::Index(j),
+                Step::Key(key),
+            ])
+            .or_else(|| stage_at(&[Step::Key("gate"), Step::Key("escalate_if"), Step::Index(j)]))
+        };
         if r.equals.is_none() && r.one_of.is_none() {
             errors.push(err(
                 path,
-                stage_at(&[Step::Key("gate"), Step::Key("escalate_if"), Step::Index(j)]),
+                rule_at("field"),
                 format!(
                     "stage `{}`: rule on `{}` needs `equals` or `in`",
                     s.name, r.field
+                ),
+            ));
+        }
+        // A rule that can never match turns an escalation off without a word: its field must
+        // be in the output schema and its values ones the field can take.
+        if let Some(schema) = &schema {
+            for (key, message) in check_rule(r, schema) {
+                errors.push(err(
+                    path,
+                    rule_at(key),
+                    format!("stage `{}`: gate.escalate_if: {message}", s.name),
+                ));
+            }
+        }
+    }
+    if let Some(schema) = &schema
+        && s.gate.min_confidence.is_some()
+        && local.is_none()
+        && s.gate.confidence_from.contains(&ConfidenceSource::Reported)
+        && schema_at(schema, &s.gate.confidence_field).is_none()
+    {
+        errors.push(err(
+            path,
+            stage_at(&[Step::Key("gate"), Step::Key("confidence_field")])
+                .or_else(|| stage_at(&[Step::Key("gate"), Step::Key("min_confidence")])),
+            format!(
+                "stage `{}`: gate.confidence_field `{}` is not a property of the output schema, so min_confidence would compare nothing; its properties: {}",
+                s.name,
+                s.gate.confidence_field,
+                properties_of(schema).join(", ")
+            ),
+        ));
+    }
+    // Passthrough body fields, per provider this stage may call.
+    for (key, fields) in std::iter::once(("extra_body", &s.route.extra_body)) {
+        for k in fields
+            .keys()
+            .filter(|k| RESERVED_BODY_FIELDS.contains(&k.as_str()))
+        {
+            errors.push(err(
+                path,
+                stage_at(&[Step::Key("route"), Step::Key(key), Step::Key(k)]),
+                format!(
+                    "stage `{}`: route.extra_body may not set `{k}`, which Switchyard sets itself (it may not set: {})",
+                    s.name,
+                    RESERVED_BODY_FIELDS.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut extra_body = BTreeMap::new();
+    for e in models
+        .iter()
+        .chain(&content_fallback)
+        .flat_map(|m| &m.endpoints)
+    {
+        if extra_body.contains_key(&e.provider) {
+            continue;
+        }
+        let Some(pf) = providers_file.providers.get(&e.provider) else {
+            continue;
+        };
+        let mut body = pf.extra_body.clone();
+        if pf.api == ApiFamily::Openrouter {
+            let mut object = openrouter_provider_object(&s.route.provider);
+            if let Some(Value::Object(own)) = body.get("provider") {
+                object.extend(own.clone());
+            }
+            if !object.is_empty() {
+                body.insert("provider".into(), Value::Object(object));
+            }
+        }
+        body.extend(s.route.extra_body.clone());
+        if !body.is_empty() {
+            extra_body.insert(e.provider.clone(), body);
+        }
+    }
+    // A route that leaves no endpoint would dead-letter every job: refuse it now.
+    if local.is_none() && !models.is_empty() {
+        let plan = crate::route::plan(
+            &models,
+            &s.route.provider,
+            &crate::route::Needs::default(),
+            &|_| Default::default(),
+            None,
+        );
+        if plan.candidates.is_empty() {
+            errors.push(err(
+                path,
+                stage_at(&[Step::Key("route"), Step::Key("provider")])
+                    .or_else(|| stage_at(&[Step::Key("route")])),
+                format!(
+                    "stage `{}`: its route leaves no endpoint to call, so every job would be dead-lettered: {}. Loosen route.provider or route to models with such endpoints",
+                    s.name,
+                    exclusions_text(&plan.excluded)
                 ),
             ));
         }
@@ -703,7 +879,183 @@ fn resolve_stage(
         route: s.route.clone(),
         local,
         gate: s.gate.clone(),
+        extra_body,
     })
+}
+
+/// Request body fields Switchyard sets itself; `extra_body` may not.
+const RESERVED_BODY_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "response_format",
+    "max_tokens",
+    "temperature",
+    "logprobs",
+    "stream",
+    "tools",
+    "tool_choice",
+];
+
+/// The route's provider preferences that apply among OpenRouter's upstream providers, as
+/// OpenRouter's `provider` object.
+fn openrouter_provider_object(p: &ProviderPrefs) -> serde_json::Map<String, Value> {
+    let mut o = serde_json::Map::new();
+    if p.data_collection == DataPolicy::Deny {
+        o.insert("data_collection".into(), "deny".into());
+    }
+    if p.zdr {
+        o.insert("zdr".into(), true.into());
+    }
+    if p.require_parameters {
+        o.insert("require_parameters".into(), true.into());
+    }
+    if let Some(sort) = p.sort {
+        let name = match sort {
+            SortBy::Price => "price",
+            SortBy::Latency => "latency",
+            SortBy::Throughput => "throughput",
+        };
+        o.insert("sort".into(), name.into());
+    }
+    if !p.quantizations.is_empty() {
+        o.insert("quantizations".into(), p.quantizations.clone().into());
+    }
+    if let Some(m) = &p.max_price {
+        let mut price = serde_json::Map::new();
+        let per_m = |v: PerMTok| serde_json::json!(v.0 as f64 / 1e6);
+        if let Some(v) = m.input {
+            price.insert("prompt".into(), per_m(v));
+        }
+        if let Some(v) = m.output {
+            price.insert("completion".into(), per_m(v));
+        }
+        if let Some(v) = m.request {
+            price.insert("request".into(), v.into());
+        }
+        if let Some(v) = m.image {
+            price.insert("image".into(), v.into());
+        }
+        o.insert("max_price".into(), Value::Object(price));
+    }
+    o
+}
+
+/// Where keys that do not resolve go: errors when keys are required, else a list to report.
+pub(crate) struct Keys {
+    required: bool,
+    unresolved: Vec<ConfigError>,
+}
+
+impl Keys {
+    fn refused(&mut self, errors: &mut Vec<ConfigError>, e: ConfigError) {
+        if self.required {
+            errors.push(e);
+        } else {
+            self.unresolved.push(e);
+        }
+    }
+}
+
+/// Why each endpoint was left out, for error texts.
+pub(crate) fn exclusions_text(excluded: &[crate::route::Exclusion]) -> String {
+    excluded
+        .iter()
+        .map(|x| format!("{} at {}: {}", x.model, x.provider, x.rule))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The schema of a dotted path (`customer.tier`) of the objects `schema` describes.
+fn schema_at<'a>(schema: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(schema, |s, key| {
+        s.get("properties").and_then(|p| p.get(key))
+    })
+}
+
+/// The property names of an object schema, for error texts.
+fn properties_of(schema: &Value) -> Vec<String> {
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// What is wrong with a gate rule against the stage's output schema, as (key, message).
+fn check_rule(r: &Rule, schema: &Value) -> Vec<(&'static str, String)> {
+    let Some(field) = schema_at(schema, &r.field) else {
+        let parent = r.field.rsplit_once('.').map_or("", |(p, _)| p);
+        let siblings = if parent.is_empty() {
+            properties_of(schema)
+        } else {
+            schema_at(schema, parent)
+                .map(properties_of)
+                .unwrap_or_default()
+        };
+        return vec![(
+            "field",
+            format!(
+                "`{}` is not a field of the output schema, so this rule never matches; fields there: {}",
+                r.field,
+                siblings.join(", ")
+            ),
+        )];
+    };
+    let allowed: Option<Vec<&Value>> = field
+        .get("enum")
+        .and_then(Value::as_array)
+        .map(|e| e.iter().collect());
+    let types: Vec<&str> = match field.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let fits_type = |v: &Value| {
+        types.is_empty()
+            || types.iter().any(|t| match *t {
+                "string" => v.is_string(),
+                "number" => v.is_number(),
+                "integer" => v.is_i64() || v.is_u64(),
+                "boolean" => v.is_boolean(),
+                "null" => v.is_null(),
+                "array" => v.is_array(),
+                "object" => v.is_object(),
+                _ => true,
+            })
+    };
+    let mut out = Vec::new();
+    let values = r
+        .equals
+        .iter()
+        .map(|v| ("equals", v))
+        .chain(r.one_of.iter().flatten().map(|v| ("in", v)));
+    for (key, v) in values {
+        match &allowed {
+            Some(choices) if !choices.contains(&v) => out.push((
+                key,
+                format!(
+                    "{v} is not a value `{}` can take, so it never matches; valid choices: {}",
+                    r.field,
+                    choices
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            None if !fits_type(v) => out.push((
+                key,
+                format!(
+                    "{v} is not of `{}`'s type ({}), so it never matches",
+                    r.field,
+                    types.join(" or ")
+                ),
+            )),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The first sample payload as a job, to try the prompts on.
@@ -762,11 +1114,24 @@ fn check_prompts_render(
                 Some("system") => written.system_prompt.clone().unwrap_or_default(),
                 _ => written.prompt.clone(),
             };
+            let missing = prompts.missing_variables(job, &history, "{}");
+            let named = if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " — it uses {}, which the first sample job does not have (add it to the samples, or guard it with `{{% if … is defined %}}`)",
+                    missing
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             errors.push(err(
                 &dir.join(template),
                 e.line(),
                 format!(
-                    "stage `{}`: the prompt does not render for the first sample job: {e}",
+                    "stage `{}`: the prompt does not render for the first sample job: {e}{named}",
                     stage.name
                 ),
             ));
@@ -781,6 +1146,7 @@ fn resolve_tenants(
     catalog: &CatalogFile,
     providers: &ProvidersFile,
     errors: &mut Vec<ConfigError>,
+    key_errors: &mut Keys,
 ) -> BTreeMap<String, crate::config::tenant::Tenant> {
     let usd = |v: Option<f64>,
                what: &str,
@@ -832,11 +1198,14 @@ fn resolve_tenants(
                         tpm: k.tpm,
                     },
                 )),
-                Err(e) => errors.push(err(
-                    path,
-                    line_of(text, &k.key.to_string()),
-                    format!("tenant `{name}`, provider `{provider}`: {e}"),
-                )),
+                Err(e) => key_errors.refused(
+                    errors,
+                    err(
+                        path,
+                        line_of(text, &k.key.to_string()),
+                        format!("tenant `{name}`, provider `{provider}`: {e}"),
+                    ),
+                ),
             }
         }
         let daily = usd(t.budget.daily_usd, "daily_usd", &name, errors);

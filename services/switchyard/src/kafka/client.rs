@@ -25,8 +25,11 @@ pub struct JobLineError {
     pub message: String,
 }
 
-/// Reads JSONL: each line is either a whole intake job (has `job_id` and `payload`) or a bare
-/// payload object, which is wrapped into a job for `pipeline` and `tenant` with a fresh id.
+/// Reads JSONL: each line is either an intake job (it has `payload`; a missing `job_id` gets a
+/// fresh one, a missing `tenant`, `pipeline` or `created_at` is filled in) or a bare payload
+/// object, wrapped into a job for `pipeline` and `tenant`. A bare payload's own `job_id`, if it
+/// has one, becomes the job's id (so producing a file twice makes duplicates that dedup by
+/// job id can catch); otherwise the job gets a fresh id.
 pub fn jobs_from_jsonl(
     text: &str,
     file: &str,
@@ -45,23 +48,45 @@ pub fn jobs_from_jsonl(
         };
         let value: Value =
             serde_json::from_str(line).map_err(|e| fail(format!("not JSON: {e}")))?;
-        let job = if value.get("job_id").is_some() && value.get("payload").is_some() {
-            serde_json::from_value::<Intake>(value)
+        let Value::Object(mut object) = value else {
+            return Err(fail(
+                "a line must be a JSON object (a job or a payload)".into(),
+            ));
+        };
+        let job_id = match object.get("job_id") {
+            None => uuid::Uuid::new_v4().to_string(),
+            Some(Value::String(id)) if crate::envelope::usable_id(id) => id.clone(),
+            Some(other) => {
+                let shown: String = other.to_string().chars().take(60).collect();
+                return Err(fail(format!(
+                    "job_id {shown} is not a usable id: 1–200 characters of A-Z a-z 0-9 . _ : -"
+                )));
+            }
+        };
+        let job = if object.contains_key("payload") {
+            let fill = |o: &mut serde_json::Map<String, Value>, k: &str, v: Value| {
+                o.entry(k.to_string()).or_insert(v);
+            };
+            fill(&mut object, "job_id", Value::String(job_id));
+            fill(&mut object, "tenant", Value::String(tenant.to_string()));
+            fill(&mut object, "pipeline", Value::String(pipeline.to_string()));
+            let created = now()
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_or(Value::Null, Value::String);
+            fill(&mut object, "created_at", created);
+            serde_json::from_value::<Intake>(Value::Object(object))
                 .map_err(|e| fail(format!("not a valid intake job: {e}")))?
-        } else if value.is_object() {
+        } else {
+            object.remove("job_id");
             Intake {
-                job_id: uuid::Uuid::new_v4().to_string().into(),
+                job_id: job_id.into(),
                 tenant: tenant.into(),
                 pipeline: pipeline.to_string(),
-                payload: value,
+                payload: Value::Object(object),
                 created_at: now(),
                 metadata: BTreeMap::new(),
                 redrive_count: 0,
             }
-        } else {
-            return Err(fail(
-                "a line must be a JSON object (a job or a payload)".into(),
-            ));
         };
         jobs.push(job);
     }
@@ -269,6 +294,71 @@ pub fn missing_topics(
         .collect())
 }
 
+/// Where a consumer group stands on some topics before it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStart {
+    /// Partitions with a committed offset.
+    pub committed: usize,
+    /// Partitions in all.
+    pub partitions: usize,
+    /// Messages from the earliest offset to the end, over partitions without a committed
+    /// offset: what a start from the earliest would process.
+    pub uncommitted_backlog: i64,
+}
+
+/// Reads `group`'s committed offsets on `topics` (without joining the group).
+pub fn group_start(
+    kafka: &KafkaSettings,
+    group: &str,
+    topics: &[String],
+) -> Result<GroupStart, ClientError> {
+    use rdkafka::consumer::BaseConsumer;
+    let unreachable = |source| ClientError::Unreachable {
+        brokers: kafka.brokers.clone(),
+        source: Box::new(source),
+    };
+    let consumer: BaseConsumer = kafka
+        .reader(group)
+        .create()
+        .map_err(|e| ClientError::Create {
+            what: "client",
+            brokers: kafka.brokers.clone(),
+            detail: crate::kafka::error_text(&e),
+        })?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(15))
+        .map_err(unreachable)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|w| w == t.name()))
+    {
+        for p in t.partitions() {
+            tpl.add_partition(t.name(), p.id());
+        }
+    }
+    let partitions = tpl.count();
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(15))
+        .map_err(unreachable)?;
+    let mut start = GroupStart {
+        committed: 0,
+        partitions,
+        uncommitted_backlog: 0,
+    };
+    for e in committed.elements() {
+        if matches!(e.offset(), Offset::Offset(o) if o >= 0) {
+            start.committed += 1;
+        } else if let Ok((low, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+        {
+            start.uncommitted_backlog += (high - low).max(0);
+        }
+    }
+    Ok(start)
+}
+
 /// Produces intake jobs, keyed by job id.
 pub async fn produce_jobs(
     kafka: &KafkaSettings,
@@ -338,6 +428,57 @@ pub fn reader(kafka: &KafkaSettings, topics: &[&str]) -> Result<StreamConsumer, 
     Ok(consumer)
 }
 
+/// Reads `topics` from the beginning up to the end each partition had when the read began
+/// (kcat's `-e`), so it finishes on a topic that is being written to. Also stops when
+/// `on_message` says enough, or when `stall` passes without a message (a broker that reported
+/// an end too high, or transaction markers at the end).
+pub async fn read_to_end(
+    kafka: &KafkaSettings,
+    topics: &[&str],
+    stall: Duration,
+    mut on_message: impl FnMut(&str, &[u8]) -> bool,
+) -> Result<(), ClientError> {
+    let consumer = reader(kafka, topics)?;
+    let assigned = consumer
+        .assignment()
+        .map_err(|source| ClientError::Assign {
+            what: format!("{topics:?}"),
+            source: Box::new(source),
+        })?;
+    let mut ends: std::collections::HashMap<(String, i32), i64> = std::collections::HashMap::new();
+    for e in assigned.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+            .map_err(|source| ClientError::Metadata {
+                topic: e.topic().to_string(),
+                brokers: kafka.brokers.clone(),
+                source: Box::new(source),
+            })?;
+        if high > low {
+            ends.insert((e.topic().to_string(), e.partition()), high);
+        }
+    }
+    while !ends.is_empty() {
+        match tokio::time::timeout(stall, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "read error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Ok(m)) => {
+                let key = (m.topic().to_string(), m.partition());
+                if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&key);
+                }
+                if on_message(m.topic(), m.payload().unwrap_or_default()) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads from `consumer` until `stop` says enough or nothing arrives for `idle`.
 pub async fn read_until(
     consumer: &StreamConsumer,
@@ -374,6 +515,26 @@ mod tests {
         assert_eq!(jobs[0].tenant, "acme");
         assert_eq!(jobs[0].payload["text"], "a");
         assert_eq!(jobs[1].job_id, "j2");
+        // A payload's own job id is kept (producing the file twice makes the same ids), and a
+        // job without tenant or timestamps gets them.
+        let kept = jobs_from_jsonl(
+            "{\"job_id\": \"t-7\", \"text\": \"b\"}\n{\"payload\": {\"text\": \"c\"}, \"job_id\": \"t-8\"}\n",
+            "f.jsonl",
+            "p",
+            "acme",
+        )
+        .unwrap();
+        assert_eq!(kept[0].job_id, "t-7");
+        assert_eq!(kept[0].payload, serde_json::json!({"text": "b"}));
+        assert_eq!(
+            (kept[1].job_id.as_str(), kept[1].tenant.as_str()),
+            ("t-8", "acme")
+        );
+        let bad_id = jobs_from_jsonl("{\"job_id\": 5}\n", "f.jsonl", "p", "t").unwrap_err();
+        assert!(
+            bad_id.to_string().contains("f.jsonl:1: job_id 5"),
+            "{bad_id}"
+        );
         let err = jobs_from_jsonl("{}\n[1]\n", "f.jsonl", "p", "t").unwrap_err();
         assert_eq!(
             err.to_string(),

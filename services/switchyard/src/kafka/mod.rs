@@ -12,6 +12,8 @@ const PROTECTED: &[&str] = &[
     "enable.idempotence",
     "acks",
     "group.id",
+    // Set with `--from`, which also checks and says what a new group will do.
+    "auto.offset.reset",
 ];
 
 /// A Kafka error as text that never includes a configuration value (it may be a secret).
@@ -84,6 +86,34 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Extra librdkafka properties, applied last (e.g. `security.protocol=SASL_SSL`).
     pub options: Vec<(String, String)>,
+    /// Where a stage's consumer group without committed offsets starts.
+    pub start_from: StartFrom,
+}
+
+/// Where a consumer group that has no committed offsets starts reading (a group that has them
+/// always resumes from them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest message still on the topic: everything there is processed (and paid for).
+    #[default]
+    Earliest,
+    /// The end: only messages produced from now on.
+    Latest,
+    /// Nowhere: a group without committed offsets is an error (production, where a new group
+    /// prefix is a mistake).
+    Committed,
+}
+
+impl StartFrom {
+    /// librdkafka's `auto.offset.reset` for it.
+    pub fn offset_reset(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+            StartFrom::Committed => "error",
+        }
+    }
 }
 
 impl KafkaSettings {
@@ -92,6 +122,7 @@ impl KafkaSettings {
         Self {
             brokers: brokers.into(),
             options: Vec::new(),
+            start_from: StartFrom::default(),
         }
     }
 
@@ -132,7 +163,7 @@ impl KafkaSettings {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "250")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", self.start_from.offset_reset())
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")

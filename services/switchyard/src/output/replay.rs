@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::config::Pipeline;
 use crate::envelope::{DeadLetter, Escalation, Intake, Original};
 use crate::kafka::KafkaSettings;
-use crate::kafka::client::{ClientError, read_until, reader, send_messages};
+use crate::kafka::client::{ClientError, read_to_end, send_messages};
 
 /// Which dead letters.
 #[derive(Debug, Clone, Default)]
@@ -80,27 +80,39 @@ fn result_owner(payload: &[u8]) -> Option<(String, String)> {
     Some((o.tenant, o.job_id))
 }
 
-/// Reads both topics to their current end (stops after `idle` without a new message).
+/// Reads both topics to the ends they had when the read began (or until `idle` passes
+/// without a message).
 pub async fn read_picture(
     kafka: &KafkaSettings,
     pipeline: &Pipeline,
     idle: Duration,
 ) -> Result<Picture, ClientError> {
-    let consumer = reader(kafka, &[&pipeline.topics.results, &pipeline.topics.dlq])?;
     let mut picture = Picture::default();
     let dlq = pipeline.topics.dlq.clone();
-    read_until(&consumer, idle, |topic, payload| {
+    let topics = [
+        pipeline.topics.results.as_str(),
+        pipeline.topics.dlq.as_str(),
+    ];
+    let mut strangers = 0usize;
+    read_to_end(kafka, &topics, idle, |topic, payload| {
         if topic == dlq {
             match serde_json::from_slice::<DeadLetter>(payload) {
                 Ok(d) => picture.dead.push(d),
-                Err(e) => tracing::warn!(error = %e, "a message on the dead-letter topic is not a dead letter"),
+                Err(_) => strangers += 1,
             }
         } else if let Some(owner) = result_owner(payload) {
             picture.finished.insert(owner);
         }
         false
     })
-    .await;
+    .await?;
+    if strangers > 0 {
+        tracing::warn!(
+            messages = strangers,
+            topic = %dlq,
+            "messages on the dead-letter topic that are not dead letters were left out"
+        );
+    }
     Ok(picture)
 }
 
@@ -126,8 +138,7 @@ pub async fn read_picture_bounded(
     keep: Keep<'_>,
 ) -> Result<Picture, ClientError> {
     let mut dead = std::collections::VecDeque::new();
-    let consumer = reader(kafka, &[&pipeline.topics.dlq])?;
-    read_until(&consumer, idle, |_, payload| {
+    read_to_end(kafka, &[&pipeline.topics.dlq], idle, |_, payload| {
         if let Ok(mut d) = serde_json::from_slice::<DeadLetter>(payload) {
             if keep.filter.admits(&d) {
                 if keep.slim {
@@ -143,8 +154,7 @@ pub async fn read_picture_bounded(
         }
         false
     })
-    .await;
-    drop(consumer);
+    .await?;
     let ids: std::collections::HashSet<(String, String)> = dead
         .iter()
         .filter_map(|d| {
@@ -156,8 +166,7 @@ pub async fn read_picture_bounded(
         .collect();
     let mut finished = std::collections::HashSet::new();
     if !ids.is_empty() {
-        let consumer = reader(kafka, &[&pipeline.topics.results])?;
-        read_until(&consumer, idle, |_, payload| {
+        read_to_end(kafka, &[&pipeline.topics.results], idle, |_, payload| {
             if let Some(owner) = result_owner(payload)
                 && ids.contains(&owner)
             {
@@ -165,7 +174,7 @@ pub async fn read_picture_bounded(
             }
             false
         })
-        .await;
+        .await?;
     }
     Ok(Picture {
         dead: dead.into(),

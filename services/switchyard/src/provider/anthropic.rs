@@ -35,6 +35,8 @@ struct Body<'a> {
     tools: Option<[Tool<'a>; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<ToolChoice<'a>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +107,7 @@ impl Anthropic {
             tool_choice: request
                 .json_schema
                 .map(|(name, _)| ToolChoice { kind: "tool", name }),
+            extra: request.extra,
         }
     }
 
@@ -256,6 +259,7 @@ mod tests {
             key: None,
             metadata: None,
             logprobs: false,
+            extra: None,
         };
         let b: Value =
             serde_json::from_slice(&serde_json::to_vec(&Anthropic::body(&r)).unwrap()).unwrap();

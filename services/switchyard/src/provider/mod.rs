@@ -78,6 +78,8 @@ pub struct ChatRequest<'a> {
     pub metadata: Option<&'a std::collections::BTreeMap<String, String>>,
     /// Ask for token logprobs (OpenAI-compatible providers that return them).
     pub logprobs: bool,
+    /// Fields added to the request body as they are (`extra_body`, OpenRouter's `provider`).
+    pub extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Token counts as the provider reported them.
@@ -145,7 +147,9 @@ pub trait ProviderApi: Send + Sync + std::fmt::Debug {
 /// Builds the adapter for a configured provider.
 pub fn adapter(provider: &Provider, http: reqwest::Client) -> Arc<dyn ProviderApi> {
     match provider.api {
-        ApiFamily::Openai => Arc::new(openai::OpenAiCompatible::new(provider.clone(), http)),
+        ApiFamily::Openai | ApiFamily::Openrouter => {
+            Arc::new(openai::OpenAiCompatible::new(provider.clone(), http))
+        }
         ApiFamily::Anthropic => Arc::new(anthropic::Anthropic::new(provider.clone(), http)),
     }
 }

@@ -28,6 +28,8 @@ struct Body<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     logprobs: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +98,7 @@ impl OpenAiCompatible {
             max_tokens: request.max_tokens,
             temperature: request.temperature,
             logprobs: request.logprobs,
+            extra: request.extra,
         }
     }
 
@@ -284,6 +287,7 @@ mod tests {
             key: None,
             metadata: None,
             logprobs: false,
+            extra: None,
         };
         let wire = |r: &ChatRequest<'_>| -> Value {
             serde_json::from_slice(&serde_json::to_vec(&OpenAiCompatible::body(r)).unwrap())

@@ -85,6 +85,12 @@ pub fn exclusion_rule(endpoint: &Endpoint, prefs: &ProviderPrefs, needs: &Needs)
         return Some(rule);
     }
     let p = &endpoint.provider;
+    if !prefs.quantizations.is_empty()
+        && let Some(q) = &endpoint.quantization
+        && !prefs.quantizations.contains(q)
+    {
+        return Some(format!("quantization {q} is not in provider.quantizations"));
+    }
     if !prefs.only.is_empty() && !prefs.only.contains(p) {
         return Some(format!("provider.only does not list {p}"));
     }
@@ -603,6 +609,7 @@ mod tests {
             max_price: Some(MaxPrice {
                 input: Some(PerMTok::from_usd(2.0).unwrap()),
                 output: Some(PerMTok::from_usd(3.0).unwrap()),
+                ..MaxPrice::default()
             }),
             ..ProviderPrefs::default()
         };

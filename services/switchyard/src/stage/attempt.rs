@@ -414,6 +414,7 @@ impl StageRunner {
             key: permit.secret.as_ref(),
             metadata: Some(metadata),
             logprobs: self.stage.gate.wants_logprobs(),
+            extra: self.stage.extra_body.get(&endpoint.provider),
         };
         let started = Instant::now();
         // One span per attempt, with OpenTelemetry's GenAI attribute names.
