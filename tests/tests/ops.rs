@@ -225,6 +225,15 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
     assert_eq!(get(&format!("{metrics_url}/healthz")).await.0, 200);
     let (_, before) = get(&format!("{metrics_url}/metrics")).await;
     assert_eq!(metric(&before, "switchyard_jobs_total", &[]), 0.0);
+    // Every metric says what it is; the limiter wait is a zero before any wait, not absent.
+    assert!(
+        before.contains("# HELP switchyard_limiter_wait_milliseconds_total "),
+        "{before}"
+    );
+    assert!(
+        before.contains("switchyard_limiter_wait_milliseconds_total{provider=\"simcloud\"} 0"),
+        "{before}"
+    );
 
     // 30 jobs, two of which every provider refuses (dead letters that may be replayed).
     let mut jobs: Vec<_> = (0..28)
@@ -285,6 +294,13 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
     );
     assert!(metric(&after, "switchyard_tokens_total", &["kind=\"prompt\""]) > 0.0);
     assert!(metric(&after, "switchyard_cost_micro_usd_total", &[]) > 0.0);
+    assert!(after.contains("# HELP switchyard_jobs_total "), "{after}");
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with("switchyard_cost_micro_usd_total{") && l.contains("tenant=")),
+        "{after}"
+    );
     assert!(metric(&after, "switchyard_stage_duration_seconds_count", &[]) >= 30.0);
     assert!(after.contains("switchyard_in_flight_jobs{"), "{after}");
     assert!(after.contains("switchyard_breaker_state{"), "{after}");
@@ -314,6 +330,31 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
         ),
         200
     );
+    // Auto-refresh on request; the dead letters filtered by job and tenant.
+    let page = |query: &'static str| {
+        let http = http.clone();
+        let url = format!("{admin_url}{query}");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let refreshing = page("?refresh=10").await;
+    assert!(
+        refreshing.contains("<meta http-equiv=\"refresh\" content=\"10\">"),
+        "{refreshing}"
+    );
+    let one = page("?job_id=ops-dead-1&tenant=acme").await;
+    assert!(one.contains("data-job=\"ops-dead-1\""), "{one}");
+    assert!(!one.contains("data-job=\"ops-dead-0\""), "{one}");
+    let other_tenant = page("?job_id=ops-dead-1&tenant=globex").await;
+    assert!(!other_tenant.contains("data-job=\"ops-dead-1\""));
     assert_eq!(
         status(
             http.get(&admin_url)

@@ -22,6 +22,9 @@ pub(super) struct DlqQuery {
     tenant: Option<String>,
     #[serde(default)]
     job_id: Option<String>,
+    /// Reload the page every this many seconds (2–3600).
+    #[serde(default)]
+    refresh: Option<u32>,
 }
 
 pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>) -> Html<String> {
@@ -29,9 +32,20 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
     let p = &ops.pipeline;
     let secs = ops.started.elapsed().as_secs_f64().max(1.0);
     let mut h = String::new();
-    h.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard admin</title><style>body{font-family:system-ui,sans-serif;margin:2rem;color:#1a202c}table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border-bottom:1px solid #e2e8f0;padding:.3rem .7rem;text-align:left}th{background:#f7fafc}.num{text-align:right;font-variant-numeric:tabular-nums}.open{color:#c53030;font-weight:600}.closed{color:#2f855a}button{cursor:pointer}</style></head><body>");
+    h.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard admin</title>{REFRESH}<style>body{font-family:system-ui,sans-serif;margin:2rem;color:#1a202c}table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border-bottom:1px solid #e2e8f0;padding:.3rem .7rem;text-align:left}th{background:#f7fafc}.num{text-align:right;font-variant-numeric:tabular-nums}.open{color:#c53030;font-weight:600}.closed{color:#2f855a}button{cursor:pointer}</style></head><body>");
+    let refresh = q.refresh.map(|r| r.clamp(2, 3600));
+    h = h.replace(
+        "{REFRESH}",
+        &refresh.map_or(String::new(), |r| {
+            format!("<meta http-equiv=\"refresh\" content=\"{r}\">")
+        }),
+    );
+    let auto = match refresh {
+        Some(r) => format!("reloading every {r} s · <a href=\"/\">stop</a>"),
+        None => "<a href=\"/?refresh=10\" id=\"auto-refresh\">reload every 10 s</a>".into(),
+    };
     h.push_str(&format!(
-        "<h1>Switchyard — {}</h1><p>{} · up {:.0} s · <a href=\"/\">refresh</a></p>",
+        "<h1>Switchyard — {}</h1><p>{} · up {:.0} s · <a href=\"/\">refresh</a> · {auto}</p>",
         esc(&p.name),
         esc(&p.description),
         secs
@@ -99,15 +113,16 @@ pub(super) async fn page(State(ops): State<Arc<Ops>>, Query(q): Query<DlqQuery>)
     h.push_str("</table>");
 
     // Providers.
-    h.push_str("<h2>Providers</h2><table id=\"providers\"><tr><th>endpoint</th><th>breaker</th><th class=\"num\">calls</th><th class=\"num\">failures</th><th class=\"num\">error rate</th><th class=\"num\">latency ms</th></tr>");
+    h.push_str("<h2>Providers</h2><table id=\"providers\"><tr><th>endpoint</th><th>breaker</th><th class=\"num\">calls</th><th class=\"num\">failures</th><th class=\"num\">failed share</th><th class=\"num\" title=\"exponential moving average, each call weighing 0.2 (so mostly the last ~10 calls): what the breaker acts on\">recent error rate (moving average, ~last 10 calls)</th><th class=\"num\">latency ms</th></tr>");
     for r in ops.breakers() {
         h.push_str(&format!(
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.2}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.2}</td><td class=\"num\">{}</td></tr>",
             esc(&r.endpoint),
             if r.breaker == "closed" { "closed" } else { "open" },
             esc(&r.breaker),
             r.calls,
             r.failures,
+            r.failures as f64 / r.calls.max(1) as f64,
             r.error_rate,
             r.latency_ms.map_or("-".into(), |l| format!("{l:.0}"))
         ));

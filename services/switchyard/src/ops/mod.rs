@@ -101,6 +101,8 @@ impl Ops {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map_err(|e| OpsError::Metrics(format!("recorder: {e}")))?;
+            let providers: Vec<String> = pipeline.providers.keys().cloned().collect();
+            crate::telemetry::describe(&providers);
             Some(handle)
         } else {
             None

@@ -479,6 +479,7 @@ impl StageRunner {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cost_micro_usd: cost.0,
+            tenant: run.tenant.as_deref().unwrap_or(""),
         }
         .emit(&self.deps.telemetry);
         if let Some(t) = &run.tenant {

@@ -50,7 +50,75 @@ pub const METRICS: &[&str] = &[
     "switchyard_consumer_lag",
     "switchyard_tokens_total",
     "switchyard_cost_micro_usd_total",
+    "switchyard_audits_total",
 ];
+
+/// What each metric means: the `# HELP` line on `/metrics`.
+pub const METRIC_HELP: &[(&str, &str)] = &[
+    (
+        "switchyard_jobs_total",
+        "Jobs that left a stage, by outcome (result, escalated, dead_letter).",
+    ),
+    (
+        "switchyard_stage_duration_seconds",
+        "Time from taking a job's message to the broker acknowledging its output, per stage.",
+    ),
+    (
+        "switchyard_provider_request_duration_seconds",
+        "Duration of one provider call (an attempt), per provider and model.",
+    ),
+    (
+        "switchyard_attempts_total",
+        "Provider calls, by provider, model and failure class (ok for success).",
+    ),
+    (
+        "switchyard_breaker_state",
+        "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
+    ),
+    (
+        "switchyard_limiter_wait_milliseconds_total",
+        "Time jobs waited for rate-limit capacity at a provider, in milliseconds.",
+    ),
+    (
+        "switchyard_in_flight_jobs",
+        "Jobs in flight in a stage worker now.",
+    ),
+    (
+        "switchyard_consumer_lag",
+        "Messages behind the end of the stage's input partition (librdkafka statistics).",
+    ),
+    (
+        "switchyard_tokens_total",
+        "Tokens billed, by provider, model and kind (prompt, completion).",
+    ),
+    (
+        "switchyard_cost_micro_usd_total",
+        "Cost of provider calls in micro-dollars, by pipeline, stage, tenant, provider and model.",
+    ),
+    (
+        "switchyard_audits_total",
+        "Audited jobs by verdict (agree, disagree): the gate's precision on live traffic.",
+    ),
+];
+
+/// Gives every metric its `# HELP` line, and starts the counters whose absence would read as
+/// "no data" rather than zero (the limiter wait of each provider). Call once the recorder is
+/// installed.
+pub fn describe(providers: &[String]) {
+    for (name, help) in METRIC_HELP {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else if name.ends_with("_seconds") {
+            metrics::describe_histogram!(*name, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
+    }
+    for p in providers {
+        metrics::counter!("switchyard_limiter_wait_milliseconds_total", "provider" => p.clone())
+            .increment(0);
+    }
+}
 
 /// A job left a stage: published as a result, escalated, or dead-lettered.
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +219,8 @@ pub struct AttemptEnded<'a> {
     pub completion_tokens: u64,
     /// Cost, micro-dollars.
     pub cost_micro_usd: u64,
+    /// The job's tenant when the pipeline has a tenants file (a bounded set), else empty.
+    pub tenant: &'a str,
 }
 
 impl AttemptEnded<'_> {
@@ -167,7 +237,7 @@ impl AttemptEnded<'_> {
             .increment(self.prompt_tokens);
         metrics::counter!("switchyard_tokens_total", "provider" => p.clone(), "model" => m.clone(), "kind" => "completion")
             .increment(self.completion_tokens);
-        metrics::counter!("switchyard_cost_micro_usd_total", "pipeline" => self.pipeline.to_string(), "stage" => self.stage.to_string(), "provider" => p, "model" => m)
+        metrics::counter!("switchyard_cost_micro_usd_total", "pipeline" => self.pipeline.to_string(), "stage" => self.stage.to_string(), "tenant" => self.tenant.to_string(), "provider" => p, "model" => m)
             .increment(self.cost_micro_usd);
     }
 }
@@ -257,5 +327,16 @@ impl BreakerObserved<'_> {
         }
         metrics::gauge!("switchyard_breaker_state", "provider" => self.provider.to_string(), "model" => self.model.to_string())
             .set(f64::from(self.state));
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_a_help_text() {
+        let described: Vec<&str> = METRIC_HELP.iter().map(|(n, _)| *n).collect();
+        assert_eq!(described, METRICS);
     }
 }
