@@ -215,6 +215,40 @@ async fn produce_keeps_ids_reads_stdin_sends_raw_bytes_and_fails_fast_on_a_dead_
     assert!(stderr.lines().count() < 20, "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30));
 
+    // `batch` with nothing to do says so at once; `usage` names the database it cannot reach
+    // (and never its password).
+    std::fs::write(dir.path().join("empty.jsonl"), "\n").unwrap();
+    let docs = switchyard_testkit::fixtures::repo_root().join("pipelines/document-extraction");
+    let out = finish_within(
+        {
+            let mut c = cli(&["batch", "--pipeline"]);
+            c.arg(&docs)
+                .arg("--input")
+                .arg(dir.path().join("empty.jsonl"))
+                .arg("--out")
+                .arg(dir.path().join("out.jsonl"));
+            c
+        },
+        Duration::from_secs(30),
+    )
+    .expect("batch of an empty file did not finish");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("has no documents"),
+        "{stderr}"
+    );
+    let out = cli(&[
+        "usage",
+        "--database-url",
+        "postgres://u:pw-secret@127.0.0.1:1/x",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("pw-secret"), "{stderr}");
+
     // A reason that does not exist is an error listing the ones that do.
     let out = cli(&[
         "dlq",

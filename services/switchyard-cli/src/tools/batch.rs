@@ -308,6 +308,12 @@ pub async fn run_batch(options: BatchOptions) -> anyhow::Result<BatchSummary> {
         }
         docs.push(d);
     }
+    if docs.is_empty() {
+        bail!(
+            "{} has no documents: one JSON object per line, {{\"payload\": {{...}}, \"expected\": {{...}}}}",
+            options.input.display()
+        );
+    }
     let chunk_chars = options
         .chunk_chars
         .unwrap_or_else(|| default_chunk_chars(&pipeline));

@@ -712,7 +712,7 @@ impl JobTask {
                         source: &received.source,
                         payload: &received.payload,
                     };
-                    let dl = self.shared.composer().refused(input, &e.to_string());
+                    let dl = self.shared.composer().refused(input, &e.to_string(), env);
                     let first = self.shared.output.publish(&dl, &self.abandon).await;
                     if matches!(first, Err(PublishError::ShuttingDown { .. })) {
                         // Revoked or shutting down, not refused: the next owner redoes it.
@@ -720,10 +720,10 @@ impl JobTask {
                     }
                     let published = first.is_ok() || {
                         // Even that was too much: position, reason and a few bytes.
-                        let minimal = self
-                            .shared
-                            .composer()
-                            .minimal_dead_letter(input, &e.to_string());
+                        let minimal =
+                            self.shared
+                                .composer()
+                                .minimal_dead_letter(input, &e.to_string(), env);
                         self.shared
                             .output
                             .publish(&minimal, &self.abandon)
@@ -1104,5 +1104,43 @@ mod tests {
             .filter(|r| matches!(r, LedgerRecord::Attempt(_)))
             .count();
         assert_eq!(attempts, dl.attempts.len(), "one ledger record per attempt");
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_too_large_for_the_broker_keeps_its_reason_when_cut() {
+        let (shared, f) = shared();
+        for m in &f.models {
+            f.script.lock().unwrap().insert(
+                m.clone(),
+                vec![Err(failure(AttemptClass::Transient, 503)); 4].into(),
+            );
+        }
+        let r = received(JOB.as_bytes());
+        let c = process(&shared, &r).await;
+        let input = Input {
+            source: &r.source,
+            payload: &r.payload,
+        };
+        let composer = shared.composer();
+        let cut = composer.refused(input, "message too large", &c.envelopes[0]);
+        let dl: DeadLetter = serde_json::from_slice(&cut.payload).unwrap();
+        assert_eq!(
+            dl.reason,
+            DeadLetterReason::ProviderExhausted,
+            "{}",
+            dl.detail
+        );
+        assert!(dl.replayable);
+        assert!(dl.detail.contains("refused by the broker"), "{}", dl.detail);
+        let minimal = composer.minimal_dead_letter(input, "message too large", &c.envelopes[0]);
+        let dl: DeadLetter = serde_json::from_slice(&minimal.payload).unwrap();
+        assert_eq!(dl.reason, DeadLetterReason::ProviderExhausted);
+        // A result the broker refused is what it was: an output that could not be published.
+        let result = process(&shared, &received(b"{not json")).await;
+        let mut as_result = result.envelopes[0].clone();
+        as_result.topic = shared.pipeline.topics.results.clone();
+        let refused = composer.refused(input, "message too large", &as_result);
+        let dl: DeadLetter = serde_json::from_slice(&refused.payload).unwrap();
+        assert_eq!(dl.reason, DeadLetterReason::OutputRejected);
     }
 }

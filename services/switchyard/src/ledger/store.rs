@@ -119,6 +119,34 @@ impl LedgerStore for MemoryLedger {
 pub struct PgLedger {
     pool: deadpool_postgres::Pool,
     migrated: tokio::sync::OnceCell<()>,
+    /// Where the database is (`user@host:port/db`), never the password: for error texts.
+    target: String,
+}
+
+/// `user@host:port/db` of a PostgreSQL URL, without its password.
+fn pg_target(url: &str) -> String {
+    let Ok(c) = url.parse::<tokio_postgres::Config>() else {
+        return "the server in DATABASE_URL".into();
+    };
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, port)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+            tokio_postgres::config::Host::Unix(p) => format!("{}:{port}", p.display()),
+        })
+        .collect();
+    format!(
+        "{}@{}/{}",
+        c.get_user().unwrap_or("(default user)"),
+        if hosts.is_empty() {
+            "localhost:5432".to_string()
+        } else {
+            hosts.join(",")
+        },
+        c.get_dbname().unwrap_or("(default database)")
+    )
 }
 
 impl std::fmt::Debug for PgLedger {
@@ -153,6 +181,7 @@ impl PgLedger {
         Ok(Self {
             pool,
             migrated: tokio::sync::OnceCell::new(),
+            target: pg_target(url),
         })
     }
 
@@ -166,7 +195,7 @@ impl PgLedger {
 
     /// Applies pending migrations (versioned, recorded in refinery_schema_history).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await.map_err(db("connect"))?;
+        let mut client = self.pool.get().await.map_err(|e| self.unreachable(e))?;
         let client: &mut tokio_postgres::Client = &mut client;
         embedded::migrations::runner()
             .run_async(client)
@@ -177,7 +206,15 @@ impl PgLedger {
 
     /// A client from the pool.
     pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(db("connect"))
+        self.pool.get().await.map_err(|e| self.unreachable(e))
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError(format!(
+            "cannot connect to PostgreSQL at {}: {}; is it running there, and is DATABASE_URL right?",
+            self.target,
+            redact_pg_error(&e.to_string())
+        ))
     }
 
     /// Spend per tenant today and this month (UTC), to seed budgets at start.
@@ -445,6 +482,18 @@ impl LedgerStore for PgLedger {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn an_unreachable_database_is_named_without_its_password() {
+        assert_eq!(
+            pg_target("postgres://bob:s3cret@db.example:6543/ledger"),
+            "bob@db.example:6543/ledger"
+        );
+        let store = PgLedger::new("postgres://bob:s3cret@127.0.0.1:1/ledger").unwrap();
+        let e = store.client().await.unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1:1"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
     use super::*;
     use crate::ledger::tests::record;
 

@@ -264,28 +264,55 @@ impl Composer<'_> {
 
     /// The dead letter for a message whose output the broker refused for good: a bounded
     /// excerpt, since the whole input may be what made the output too large.
-    pub fn refused(&self, input: Input<'_>, why: &str) -> Envelope {
-        self.refused_with(input, why, REFUSED_EXCERPT_BYTES)
+    ///
+    /// When what the broker refused was itself a dead letter (`refused`), its reason is kept —
+    /// the job failed for that reason, its dead letter was only too large to publish whole.
+    pub fn refused(&self, input: Input<'_>, why: &str, refused: &Envelope) -> Envelope {
+        self.refused_with(input, why, refused, REFUSED_EXCERPT_BYTES)
     }
 
     /// The smallest dead letter of a message: its position, the reason and a short excerpt,
     /// for when even [`Composer::refused`]'s was refused.
-    pub fn minimal_dead_letter(&self, input: Input<'_>, why: &str) -> Envelope {
-        self.refused_with(input, why, MINIMAL_EXCERPT_BYTES)
+    pub fn minimal_dead_letter(&self, input: Input<'_>, why: &str, refused: &Envelope) -> Envelope {
+        self.refused_with(input, why, refused, MINIMAL_EXCERPT_BYTES)
     }
 
-    fn refused_with(&self, input: Input<'_>, why: &str, excerpt: usize) -> Envelope {
+    fn refused_with(
+        &self,
+        input: Input<'_>,
+        why: &str,
+        refused: &Envelope,
+        excerpt: usize,
+    ) -> Envelope {
         let why: String = why.chars().take(500).collect();
-        let failure = self.failure(
-            DeadLetterReason::OutputRejected,
-            format!(
-                "{why}; the stage's output could not be published (input of {} bytes at {}/{}/{})",
-                input.payload.len(),
-                input.source.topic,
-                input.source.partition,
-                input.source.offset
-            ),
+        let position = format!(
+            "input of {} bytes at {}/{}/{}",
+            input.payload.len(),
+            input.source.topic,
+            input.source.partition,
+            input.source.offset
         );
+        // A dead letter too large for the broker: the job's own reason stands.
+        let original = (refused.topic == self.pipeline.topics.dlq)
+            .then(|| serde_json::from_slice::<DeadLetter>(&refused.payload).ok())
+            .flatten();
+        let failure = match original {
+            Some(d) => {
+                let detail: String = d.detail.chars().take(1000).collect();
+                let mut f = self.failure(
+                    d.reason,
+                    format!(
+                        "{detail} (its dead letter was refused by the broker — {why} — so it is cut to an excerpt of the {position})"
+                    ),
+                );
+                f.stage = d.stage;
+                f
+            }
+            None => self.failure(
+                DeadLetterReason::OutputRejected,
+                format!("{why}; the stage's output could not be published ({position})"),
+            ),
+        };
         let dl = self.dead_letter(input, None, failure, Some(excerpt));
         self.dead_letter_envelope(input, &dl)
     }
