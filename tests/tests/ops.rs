@@ -468,3 +468,68 @@ async fn metrics_move_and_the_admin_page_replays_a_dead_letter() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// OTLP: with the standard `OTEL_EXPORTER_OTLP_ENDPOINT`, a `switchyard run` exports the
+/// GenAI spans of its provider calls and its metrics to a collector (a local stand-in that
+/// keeps what it receives, OTLP/HTTP protobuf).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_and_metrics_reach_an_otlp_collector() {
+    type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+    async fn keep(
+        axum::extract::State(got): axum::extract::State<Received>,
+        uri: axum::http::Uri,
+        body: axum::body::Bytes,
+    ) -> &'static str {
+        got.lock()
+            .unwrap()
+            .push((uri.path().to_string(), body.to_vec()));
+        ""
+    }
+    let got: Received = Default::default();
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(keep))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let h = Harness::start(quiet_profile(), 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pipelines = copy_llm_pipelines(tmp.path());
+    let child = run_command(&pipelines, h.broker.bootstrap(), &h.sim().base_url())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .spawn()
+        .unwrap();
+    let _run = Kill(child);
+    let jobs = vec![job("otlp-1", "My card payment was declined twice today")];
+    h.produce(&jobs).await;
+    let tally = h.collect(&ids(&jobs), 0, Duration::from_secs(60)).await;
+    assert_eq!(tally.finished_count(&ids(&jobs)), 1);
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = got.lock().unwrap().clone();
+        let traces = seen.iter().any(|(path, body)| {
+            path == "/v1/traces"
+                && contains(body, "gen_ai.request.model")
+                && contains(body, "switchyard")
+        });
+        let metrics = seen
+            .iter()
+            .any(|(path, body)| path == "/v1/metrics" && contains(body, "switchyard_jobs_total"));
+        if traces && metrics {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector got {:?} (traces {traces}, metrics {metrics})",
+            seen.iter()
+                .map(|(p, b)| (p.clone(), b.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -934,7 +934,8 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     let readiness: Arc<switchyard::intake::readiness::Readiness> = Arc::default();
-    let ops = if a.metrics_addr.is_some() || a.admin_addr.is_some() {
+    let otlp_metrics = switchyard::telemetry::otlp::from_env().is_some_and(|o| o.exports_metrics());
+    let ops = if a.metrics_addr.is_some() || a.admin_addr.is_some() || otlp_metrics {
         let ops = Arc::new(
             switchyard::ops::Ops::new(
                 pipeline.clone(),

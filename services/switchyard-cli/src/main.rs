@@ -10,7 +10,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = switchyard_cli::cli::Cli::parse();
-    match switchyard_cli::cli::main(cli).await {
+    let outcome = switchyard_cli::cli::main(cli).await;
+    // Flush what OTLP export holds (off the runtime's workers: the export runs on them).
+    let _ = tokio::task::spawn_blocking(switchyard::telemetry::otlp::shutdown).await;
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

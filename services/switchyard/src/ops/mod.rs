@@ -98,17 +98,34 @@ impl Ops {
                 .set_buckets(BUCKETS)
                 .map_err(|e| OpsError::Metrics(e.to_string()))?
                 .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder)
-                .map_err(|e| OpsError::Metrics(format!("recorder: {e}")))?;
-            let providers: Vec<String> = pipeline.providers.keys().cloned().collect();
-            crate::telemetry::describe(&providers);
-            Some(handle)
+            Some(recorder)
         } else {
             None
         };
+        // Metrics go to Prometheus (`--metrics-addr`), to OTLP (OTEL_EXPORTER_OTLP_*), or both.
+        let otlp = crate::telemetry::otlp::from_env().and_then(|o| o.take_recorder());
+        let handle = prometheus.as_ref().map(|r| r.handle());
+        let recording = prometheus.is_some() || otlp.is_some();
+        let installed = match (prometheus, otlp) {
+            (Some(p), Some(o)) => metrics::set_global_recorder(
+                metrics_util::layers::FanoutBuilder::default()
+                    .add_recorder(p)
+                    .add_recorder(o)
+                    .build(),
+            )
+            .map_err(|e| e.to_string()),
+            (Some(p), None) => metrics::set_global_recorder(p).map_err(|e| e.to_string()),
+            (None, Some(o)) => metrics::set_global_recorder(o).map_err(|e| e.to_string()),
+            (None, None) => Ok(()),
+        };
+        installed.map_err(|e| OpsError::Metrics(format!("recorder: {e}")))?;
+        if recording {
+            let providers: Vec<String> = pipeline.providers.keys().cloned().collect();
+            crate::telemetry::describe(&providers);
+        }
+        let prometheus = handle;
         let admin = Arc::new(AdminTally::default());
-        let telemetry = Telemetry::new(prometheus.is_some(), Some(admin.clone()));
+        let telemetry = Telemetry::new(recording, Some(admin.clone()));
         Ok(Self {
             pipeline,
             kafka,

@@ -4,6 +4,7 @@
 //! run --metrics-addr`), and counted in the admin page's [`AdminTally`] only when that page runs
 //! (`--admin-addr`); otherwise they cost next to nothing. There is no global state here.
 
+pub mod otlp;
 pub mod tally;
 
 use std::sync::Arc;
