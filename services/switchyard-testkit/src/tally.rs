@@ -151,13 +151,7 @@ fn reason_name<T: Serialize>(r: &T) -> String {
         .unwrap_or_default()
 }
 
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
+use switchyard::stats::percentile;
 
 /// The demo's figures (also its `--json` output).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

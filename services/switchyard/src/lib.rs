@@ -50,4 +50,5 @@ pub mod provider;
 pub mod route;
 pub mod secret;
 pub mod stage;
+pub mod stats;
 pub mod telemetry;

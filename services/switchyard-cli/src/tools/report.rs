@@ -383,14 +383,7 @@ fn record_time(r: &LedgerRecord) -> OffsetDateTime {
     }
 }
 
-/// Nearest-rank percentile of sorted values (0 when there are none).
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted.get(rank - 1).copied().unwrap_or(0)
-}
+use switchyard::stats::percentile;
 
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }

@@ -395,49 +395,56 @@ pub fn usage_table(r: &UsageReport, by: &[GroupBy]) -> String {
 
 /// The report as CSV (one row per group, then the totals).
 pub fn usage_csv(r: &UsageReport, by: &[GroupBy]) -> String {
-    let mut out = String::new();
     let dims: Vec<&str> = by.iter().map(|g| g.name()).collect();
-    out.push_str(&dims.iter().map(|d| format!("{d},")).collect::<String>());
-    out.push_str("calls,prompt_tokens,completion_tokens,cached_tokens,reasoning_tokens,cost_micro_usd,p50_ms,p95_ms\n");
-    let row = |f: &UsageFigures, labels: Vec<String>| {
-        let mut s: String = labels
-            .iter()
-            .map(|l| format!("{},", csv_field(l)))
-            .collect();
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{:.1},{:.1}\n",
-            f.calls,
-            f.prompt_tokens,
-            f.completion_tokens,
-            f.cached_tokens,
-            f.reasoning_tokens,
-            f.cost_micro_usd,
-            f.p50_ms,
-            f.p95_ms
-        ));
-        s
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    header.extend(
+        [
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+            "cost_micro_usd",
+            "p50_ms",
+            "p95_ms",
+        ]
+        .map(String::from),
+    );
+    let mut rows = vec![header];
+    let row = |f: &UsageFigures, mut labels: Vec<String>| {
+        labels.extend([
+            f.calls.to_string(),
+            f.prompt_tokens.to_string(),
+            f.completion_tokens.to_string(),
+            f.cached_tokens.to_string(),
+            f.reasoning_tokens.to_string(),
+            f.cost_micro_usd.to_string(),
+            format!("{:.1}", f.p50_ms),
+            format!("{:.1}", f.p95_ms),
+        ]);
+        labels
     };
     for g in &r.groups {
-        out.push_str(&row(
+        rows.push(row(
             g,
             dims.iter()
                 .map(|d| g.group.get(*d).cloned().unwrap_or_default())
                 .collect(),
         ));
     }
-    out.push_str(&row(
+    rows.push(row(
         &r.totals,
         dims.iter().map(|_| "TOTAL".to_string()).collect(),
     ));
-    out
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+    for r in rows {
+        if let Err(e) = w.write_record(&r) {
+            tracing::warn!(error = %e, "usage CSV: a row could not be written");
+        }
     }
+    w.into_inner()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -445,8 +452,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_quotes_what_needs_quoting() {
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("plain"), "plain");
+    fn csv_rows_quote_what_needs_quoting_and_end_with_the_totals() {
+        let mut g = UsageFigures {
+            calls: 2,
+            cost_micro_usd: 150,
+            ..UsageFigures::default()
+        };
+        g.group
+            .insert("model".into(), "vendor/model, \"large\"".into());
+        let report = UsageReport {
+            totals: UsageFigures {
+                calls: 2,
+                cost_micro_usd: 150,
+                ..UsageFigures::default()
+            },
+            groups: vec![g],
+            ..UsageReport::default()
+        };
+        let text = usage_csv(&report, &[GroupBy::Model]);
+        let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(&rows[0][0], "vendor/model, \"large\"");
+        assert_eq!(&rows[0][1], "2");
+        assert_eq!(&rows[1][0], "TOTAL");
     }
 }
