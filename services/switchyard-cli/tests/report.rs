@@ -151,6 +151,15 @@ async fn report_of_a_real_run_renders_in_headless_chromium() {
         "old".into(),
         crafted_result(&pipeline.name, "old", "old", time::Duration::days(3)),
     ));
+    extra.push((
+        "previous".into(),
+        crafted_result(
+            &pipeline.name,
+            "previous",
+            "earlier",
+            time::Duration::hours(30),
+        ),
+    ));
     extra.push(("garbage".into(), b"not an envelope".to_vec()));
     send_all(&kafka, &pipeline.topics.results, &extra)
         .await
@@ -173,6 +182,15 @@ async fn report_of_a_real_run_renders_in_headless_chromium() {
     // The figures.
     let a = &report.aggregates;
     assert_eq!(a.jobs, 41 + 6, "the old result is outside the window");
+    // The previous 24 hours hold one result: the comparison is against it.
+    let c = report.comparison.as_ref().expect("a comparison");
+    assert_eq!(c.previous_jobs, 1, "{c:?}");
+    assert!(c.escalation_rate.now > 0.0 && c.escalation_rate.before == 0.0);
+    assert!(
+        report.narrative.simulated,
+        "--sim writes a simulated narrative"
+    );
+    assert_eq!(a.noun, "ticket");
     assert_eq!(a.results + a.dead_letters.unresolved, a.jobs);
     assert_eq!(a.unreadable, 1);
     let exhausted = a
@@ -235,6 +253,9 @@ async fn report_of_a_real_run_renders_in_headless_chromium() {
         "chart-urgency",
         "chart-providers",
         "chart-provider-cost",
+        "chart-trend-rates",
+        "comparison",
+        "simulated-banner",
     ] {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} missing");
     }

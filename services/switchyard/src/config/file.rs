@@ -34,6 +34,9 @@ pub struct PipelineFile {
     /// Sample jobs (JSONL of payloads) for `switchyard demo`.
     #[serde(default)]
     pub samples: Option<PathBuf>,
+    /// What one job is, in reports (`ticket`, `document`, …; `job` when absent).
+    #[serde(default)]
+    pub noun: Option<String>,
     /// Tenants file, relative to the pipeline folder; without one, tenants are not checked.
     #[serde(default)]
     pub tenants: Option<PathBuf>,

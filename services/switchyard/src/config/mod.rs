@@ -197,6 +197,8 @@ pub struct Pipeline {
     pub ordering: Ordering,
     /// Where a job's tenant comes from.
     pub tenant_binding: TenantBinding,
+    /// What one job is, in reports (`ticket`, `document`; `job` by default).
+    pub noun: String,
     /// Keys that did not resolve (a variable not set, a file missing), when loaded with
     /// `require_keys: false`; their calls would go out without them.
     pub unresolved_keys: Vec<ConfigError>,

@@ -345,6 +345,11 @@ impl Pipeline {
             return Err(ConfigErrors(errors));
         }
         Ok(Pipeline {
+            noun: file
+                .noun
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| "job".into()),
             unresolved_keys: keys.unresolved,
             tenant_binding,
             tenants,
