@@ -294,14 +294,18 @@ async fn huge_jobs_are_dead_lettered_without_stalling_the_partition() {
         "the partition kept moving"
     );
     let d = &tally.dead["huge-150k"][0];
-    assert_eq!(d.reason, DeadLetterReason::ProviderExhausted);
+    assert_eq!(d.reason, DeadLetterReason::InputTooLarge);
+    assert!(!d.replayable, "a replay cannot make it fit");
     assert!(d.detail.contains("context window"), "{}", d.detail);
     assert!(
         d.attempts.is_empty(),
         "no call is made for a prompt no model can take"
     );
+    // Its dead letter, too large for the producer, is cut to an excerpt but keeps its reason.
     let d = &tally.dead["huge-300k"][0];
-    assert_eq!(d.reason, DeadLetterReason::OutputRejected, "{}", d.detail);
+    assert_eq!(d.reason, DeadLetterReason::InputTooLarge, "{}", d.detail);
+    assert!(!d.replayable);
+    assert!(d.detail.contains("refused by the broker"), "{}", d.detail);
     assert!(d.detail.contains("bytes at"), "{}", d.detail);
     assert!(
         d.original.to_bytes().len() <= 16 * 1024,

@@ -104,3 +104,36 @@ fn prompt_using_a_field_the_jobs_lack_fails_validation() {
     assert!(stderr.contains("prompts/triage.md"), "{stderr}");
     assert!(stderr.contains("does not render"), "{stderr}");
 }
+
+#[test]
+fn relative_paths_are_from_the_working_directory_never_the_build_tree() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Nothing here: the build tree's catalog and pipeline are not used instead.
+    let (ok, stdout, stderr) = run(&["models"]);
+    assert!(!ok, "{stdout}");
+    assert!(!stdout.contains("simlab/"), "{stdout}");
+    assert!(stderr.contains("pipelines/catalog.yaml"), "{stderr}");
+    let (ok, _, stderr) = run(&["validate", "pipelines/support-triage"]);
+    assert!(!ok);
+    assert!(stderr.contains("working directory"), "{stderr}");
+    // With a copy here, the same relative paths work.
+    copy_pipelines(cwd.path());
+    let (ok, stdout, stderr) = run(&["validate", "pipelines/support-triage"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("stage triage"), "{stdout}");
+    let (ok, stdout, stderr) = run(&["models"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("simlab/"), "{stdout}");
+}

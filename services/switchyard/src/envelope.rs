@@ -257,11 +257,15 @@ pub enum DeadLetterReason {
     /// The job's task failed inside Switchyard (a bug, or input it could not handle); the job
     /// is kept here rather than retried forever.
     InternalError,
+    /// The job's prompt is larger than the context window of every model its stage routes to:
+    /// no call was made, and a replay cannot succeed (split or shorten it, or route to a model
+    /// with a larger window).
+    InputTooLarge,
 }
 
 impl DeadLetterReason {
     /// Every reason.
-    pub const ALL: [DeadLetterReason; 10] = [
+    pub const ALL: [DeadLetterReason; 11] = [
         DeadLetterReason::InvalidIntake,
         DeadLetterReason::ProviderExhausted,
         DeadLetterReason::SchemaInvalid,
@@ -272,6 +276,7 @@ impl DeadLetterReason {
         DeadLetterReason::UnknownTenant,
         DeadLetterReason::BudgetExceeded,
         DeadLetterReason::InternalError,
+        DeadLetterReason::InputTooLarge,
     ];
 
     /// The reason named `name` (snake_case); an unknown name is an error listing the valid ones.
@@ -300,6 +305,7 @@ impl DeadLetterReason {
             DeadLetterReason::UnknownTenant => "unknown_tenant",
             DeadLetterReason::BudgetExceeded => "budget_exceeded",
             DeadLetterReason::InternalError => "internal_error",
+            DeadLetterReason::InputTooLarge => "input_too_large",
         }
     }
 

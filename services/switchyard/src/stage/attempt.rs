@@ -79,6 +79,8 @@ pub(super) enum Attempted {
     ContentRefused(String),
     /// Every candidate failed or was skipped; notes say why.
     Exhausted(Vec<String>),
+    /// Larger than every model's context window (why).
+    TooLarge(String),
 }
 
 /// What the loop learnt across rounds of one model list.
@@ -135,6 +137,23 @@ impl StageRunner {
                 .map(|x| format!("{}:{} left out ({})", x.provider, x.model, x.rule))
                 .collect();
             if plan.candidates.is_empty() {
+                // Larger than every model's window: no replay can help.
+                if let Some(tokens) = request.needs.prompt_tokens
+                    && models
+                        .iter()
+                        .flat_map(|m| &m.endpoints)
+                        .all(|e| u64::from(e.context_length) < tokens)
+                {
+                    let largest = models
+                        .iter()
+                        .flat_map(|m| &m.endpoints)
+                        .map(|e| e.context_length)
+                        .max()
+                        .unwrap_or(0);
+                    return Attempted::TooLarge(format!(
+                        "the prompt of ~{tokens} tokens is larger than the context window of every model the stage routes to (the largest: {largest}); no call was made. Split or shorten the job, or route the stage to a model with a larger window"
+                    ));
+                }
                 learnt
                     .notes
                     .push("no endpoint is eligible under the route's rules".into());

@@ -319,6 +319,10 @@ impl StageRunner {
                 reason: DeadLetterReason::ContentPolicy,
                 detail: format!("{why}; the content fallback models refused too"),
             }),
+            Attempted::TooLarge(why) => run.finish(Outcome::DeadLetter {
+                reason: DeadLetterReason::InputTooLarge,
+                detail: why,
+            }),
             Attempted::Exhausted(notes) => {
                 let detail = run.exhausted_detail(&notes);
                 run.finish(Outcome::DeadLetter {

@@ -98,7 +98,7 @@ pub const METRIC_HELP: &[(&str, &str)] = &[
     ),
     (
         "switchyard_audits_total",
-        "Audited jobs by verdict (agree, disagree): the gate's precision on live traffic.",
+        "Audited jobs by verdict (agreed, disagreed, inconclusive): the gate's precision on live traffic.",
     ),
 ];
 
