@@ -83,3 +83,57 @@ async fn killed_and_restarted_pipeline_finishes_every_job() {
         summary.results, summary.dead_lettered, summary.duplicates
     );
 }
+
+/// Offsets that remember completed jobs: one job holds its partition's watermark (its provider
+/// hangs) while 60 later jobs finish; the process is SIGKILLed and restarted. The commit's
+/// metadata recorded the 60 as finished past the watermark, so the next run skips them: only
+/// the job that was in flight is redone, not the 60 behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_redoes_only_what_was_in_flight_not_what_finished_past_the_watermark() {
+    let mut profile = switchyard_testkit::fixtures::quiet_profile();
+    profile.timeout_hang = Duration::from_secs(4);
+    let h = Harness::start(profile, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = copy_llm_pipelines(dir.path());
+    let mut jobs = vec![job("holds-the-watermark", "[sim:timeout] my card is late")];
+    jobs.extend((0..60).map(|i| {
+        job(
+            &format!("past-{i:02}"),
+            "[sim:high_confidence] where is my card",
+        )
+    }));
+    let expected = ids(&jobs);
+    let past: std::collections::HashSet<String> = expected
+        .iter()
+        .filter(|id| id.starts_with("past-"))
+        .cloned()
+        .collect();
+    h.produce(&jobs).await;
+
+    let mut first = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim().base_url());
+    let seen = h.collect(&past, 0, Duration::from_secs(60)).await;
+    assert_eq!(seen.finished_count(&past), past.len());
+    assert!(
+        !seen.finished("holds-the-watermark"),
+        "it should still hang"
+    );
+    // Let a periodic commit (every 250 ms) record them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let calls_before = h.sim().sim.stats().requests;
+
+    let mut second = spawn_run(&pipelines, h.broker.bootstrap(), &h.sim().base_url());
+    let tally = h.collect(&expected, 0, Duration::from_secs(90)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(tally.finished_count(&expected), expected.len());
+    assert_eq!(
+        tally.duplicates(),
+        0,
+        "jobs finished past the watermark were redone after the restart"
+    );
+    // The second run called the providers only for the job that was in flight.
+    let past_calls: u64 = h.sim().sim.stats().requests - calls_before;
+    assert!(past_calls <= 6, "{past_calls} calls after the restart");
+}

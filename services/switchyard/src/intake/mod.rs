@@ -281,26 +281,20 @@ impl ConsumerContext for StageContext {
         } else {
             wait();
         }
-        let mut tpl = TopicPartitionList::new();
-        {
+        // The final commit of each revoked partition: its watermark and, in the metadata, the
+        // offsets finished past it, so the next owner redoes only what was not finished.
+        let tpl = {
             let mut t = lock(&self.tracker);
+            let tpl = commit_points(&t, &self.topics, &partitions);
             for p in &partitions {
-                if let Some(w) = t.revoke(*p) {
-                    let _ = tpl.add_partition_offset(
-                        self.topics.name(*p),
-                        p.partition,
-                        Offset::Offset(w + 1),
-                    );
-                }
+                t.revoke(*p);
             }
-        }
+            tpl
+        };
         if tpl.count() > 0
-            && let Err(e) = consumer.store_offsets(&tpl)
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
-            tracing::warn!(stage = %self.stage, error = %e, "rebalance: storing final offsets failed");
-        }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(stage = %self.stage, error = %e, "rebalance: nothing committed");
+            tracing::warn!(stage = %self.stage, error = %e, "rebalance: committing final offsets failed; their jobs may be redone");
         }
         {
             let mut tokens = self
@@ -328,10 +322,28 @@ impl ConsumerContext for StageContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 let partitions = self.topics.parts_of(list);
+                // What the last owners finished past their committed offsets (the commits'
+                // metadata): those messages are skipped, not redone.
+                let mut resumes: HashMap<Part, watermark::Resume> = HashMap::new();
+                match consumer.committed_offsets((*list).clone(), Duration::from_secs(10)) {
+                    Ok(committed) => {
+                        for e in committed.elements() {
+                            if let (Some(part), Offset::Offset(at)) =
+                                (self.topics.part(e.topic(), e.partition()), e.offset())
+                                && let Some(r) = watermark::Resume::decode(at, e.metadata())
+                            {
+                                resumes.insert(part, r);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(stage = %self.stage, error = %e, "cannot read the committed offsets' metadata; jobs finished past them by the last owner will be redone")
+                    }
+                }
                 let owned = {
                     let mut t = lock(&self.tracker);
                     for p in &partitions {
-                        t.assign(*p);
+                        t.assign_resuming(*p, resumes.remove(p));
                     }
                     t.partitions().len()
                 };
@@ -446,6 +458,13 @@ pub async fn run_stage(
         .subscribe(&topics.names())
         .map_err(consumer_error)?;
     tracing::info!(stage = %stage, topic = %topic, group, "stage consuming");
+    let committer_stop = CancellationToken::new();
+    let committer = tokio::spawn(commit_periodically(
+        consumer.clone(),
+        tracker.clone(),
+        topics.clone(),
+        committer_stop.clone(),
+    ));
 
     let mut tasks = tokio::task::JoinSet::new();
     let ordered =
@@ -510,6 +529,10 @@ pub async fn run_stage(
         drop(m);
         let ticket = {
             let mut t = lock(&tracker);
+            if t.already_finished(part, received.source.offset) {
+                // Finished by the partition's last owner (its commit's metadata says so).
+                continue;
+            }
             let Some((ticket, pause)) = t.start(part, received.source.offset) else {
                 continue;
             };
@@ -568,6 +591,8 @@ pub async fn run_stage(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     abandon.cancel();
+    committer_stop.cancel();
+    let _ = committer.await;
     commit_final(&consumer, &tracker, &topics, &stage);
     // Unfinished jobs are handed back: forget them, stop them, and close the consumer now (its
     // final revoke then has nothing to wait for).
@@ -583,25 +608,74 @@ pub async fn run_stage(
 const STAGE_HOLD_AFTER: Duration = Duration::from_secs(5);
 
 fn commit_final(consumer: &StageConsumer, tracker: &Tracker, topics: &StageTopics, stage: &str) {
+    let tpl = {
+        let t = lock(tracker);
+        commit_points(&t, topics, &t.partitions())
+    };
+    if tpl.count() == 0 {
+        return;
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => tracing::info!(stage, "final offsets committed"),
+        Err(e) => {
+            tracing::warn!(stage, error = %e, "final commit failed; jobs finished since the last commit may be redone")
+        }
+    }
+}
+
+/// The commit of `parts`: each one's watermark + 1 and, as metadata, the offsets finished past
+/// it (see [`watermark::Resume`]).
+fn commit_points(t: &Watermarks<Part>, topics: &StageTopics, parts: &[Part]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    {
-        let mut t = lock(tracker);
-        for p in t.partitions() {
-            if let Some(w) = t.pending_store(p) {
-                let _ =
-                    tpl.add_partition_offset(topics.name(p), p.partition, Offset::Offset(w + 1));
-                t.mark_stored(p, w);
+    for p in parts {
+        if let Some((next, metadata)) = t.commit_point(*p) {
+            let mut e = tpl.add_partition(topics.name(*p), p.partition);
+            if e.set_offset(Offset::Offset(next)).is_ok() {
+                e.set_metadata(metadata);
             }
         }
     }
-    if tpl.count() > 0
-        && let Err(e) = consumer.store_offsets(&tpl)
-    {
-        tracing::warn!(stage, error = %e, "storing final offsets failed");
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!(stage, "final offsets committed"),
-        Err(e) => tracing::debug!(stage, error = %e, "final commit: nothing to commit"),
+    tpl
+}
+
+/// How often a stage commits what finished since (its watermarks and the offsets finished
+/// past them): what a crash can make it redo, beyond the jobs in flight.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Commits, every [`COMMIT_INTERVAL`] until `stop`, each partition whose commit point moved.
+async fn commit_periodically(
+    consumer: Arc<StageConsumer>,
+    tracker: Tracker,
+    topics: Arc<StageTopics>,
+    stop: CancellationToken,
+) {
+    let mut last: HashMap<Part, (i64, String)> = HashMap::new();
+    let mut tick = tokio::time::interval(COMMIT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let tpl = {
+            let t = lock(&tracker);
+            let mut changed = Vec::new();
+            for p in t.partitions() {
+                if let Some(point) = t.commit_point(p)
+                    && last.get(&p) != Some(&point)
+                {
+                    last.insert(p, point);
+                    changed.push(p);
+                }
+            }
+            last.retain(|p, _| t.partitions().contains(p));
+            commit_points(&t, &topics, &changed)
+        };
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "periodic commit failed (partition revoked?); the next one retries");
+        }
     }
 }
 
@@ -752,15 +826,9 @@ impl JobTask {
             duration: started.elapsed(),
         }
         .emit(&self.shared.telemetry);
+        // The committer (every COMMIT_INTERVAL) commits what this finish moved.
         let mut t = lock(&self.tracker);
         let actions = t.finish(ticket);
-        if let Some((p, w)) = actions.store
-            && let Err(e) = self
-                .consumer
-                .store_offset(self.topics.name(p), p.partition, w)
-        {
-            tracing::debug!(error = %e, topic = self.topics.name(p), partition = p.partition, offset = w, "offset store failed (partition revoked?)");
-        }
         if !actions.resume.is_empty() {
             set_paused(&self.consumer, &self.topics, &actions.resume, false);
         }

@@ -27,6 +27,91 @@ struct Partition {
     highest_seen: Option<i64>,
     stored: Option<i64>,
     paused: bool,
+    /// What the last owner had finished past its committed offset (from the commit's metadata):
+    /// messages it covers are skipped, not redone.
+    resume: Option<Resume>,
+}
+
+/// Offsets finished past a committed offset, as the commit's metadata records them: every
+/// offset from `from` to `highest` except those in `pending` was finished.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Resume {
+    /// The committed offset (the first not known to be finished).
+    pub from: i64,
+    /// The highest offset the last owner had taken.
+    pub highest: i64,
+    /// Offsets in `from..=highest` that were not finished.
+    pub pending: BTreeSet<i64>,
+}
+
+/// The longest metadata written with a commit (brokers accept 4096 bytes by default); a
+/// record that would be longer is left out and the plain watermark is committed.
+pub const MAX_METADATA: usize = 3000;
+
+const METADATA_PREFIX: &str = "sy1:";
+
+impl Resume {
+    /// Whether `offset` was finished by the last owner.
+    pub fn finished(&self, offset: i64) -> bool {
+        offset >= self.from && offset <= self.highest && !self.pending.contains(&offset)
+    }
+
+    /// The metadata text: `sy1:<highest-from>:<pending ranges relative to from>`, e.g.
+    /// `sy1:40:0,3-5` (offsets from+1, from+2, from+6..from+40 finished). `None` when it would
+    /// be longer than [`MAX_METADATA`].
+    pub fn encode(&self) -> Option<String> {
+        use std::fmt::Write;
+        let mut out = format!("{METADATA_PREFIX}{}:", self.highest - self.from);
+        let mut iter = self.pending.iter().map(|o| o - self.from).peekable();
+        let mut first = true;
+        while let Some(start) = iter.next() {
+            let mut end = start;
+            while iter.peek() == Some(&(end + 1)) {
+                end += 1;
+                iter.next();
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let _ = if start == end {
+                write!(out, "{start}")
+            } else {
+                write!(out, "{start}-{end}")
+            };
+            if out.len() > MAX_METADATA {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    /// Reads what [`Resume::encode`] wrote, for a commit at `from`; anything else (another
+    /// tool's metadata, a damaged text) is `None`: the plain offset then counts.
+    pub fn decode(from: i64, text: &str) -> Option<Resume> {
+        let rest = text.strip_prefix(METADATA_PREFIX)?;
+        let (span, ranges) = rest.split_once(':')?;
+        let span: i64 = span.parse().ok().filter(|s| (0..=10_000_000).contains(s))?;
+        let mut pending = BTreeSet::new();
+        for r in ranges.split(',').filter(|r| !r.is_empty()) {
+            let (a, b) = match r.split_once('-') {
+                Some((a, b)) => (a.parse::<i64>().ok()?, b.parse::<i64>().ok()?),
+                None => {
+                    let a = r.parse::<i64>().ok()?;
+                    (a, a)
+                }
+            };
+            if a < 0 || b < a || b > span {
+                return None;
+            }
+            pending.extend((a..=b).map(|o| from + o));
+        }
+        Some(Resume {
+            from,
+            highest: from + span,
+            pending,
+        })
+    }
 }
 
 impl Partition {
@@ -107,6 +192,67 @@ impl<P: Ord + Copy> Watermarks<P> {
         self.partitions
             .get(&partition)
             .map_or(0, |p| p.in_flight.len())
+    }
+
+    /// A partition was assigned with what its last owner had finished past the committed
+    /// offset (the commit's metadata), whose messages will be skipped.
+    pub fn assign_resuming(&mut self, partition: P, resume: Option<Resume>) {
+        self.assign(partition);
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.resume = resume.filter(|r| r.highest >= r.from);
+        }
+    }
+
+    /// Whether the message at `offset` was already finished by the partition's last owner
+    /// (its commit's metadata says so). Such a message is recorded as taken and finished:
+    /// the caller skips it.
+    pub fn already_finished(&mut self, partition: P, offset: i64) -> bool {
+        let Some(p) = self.partitions.get_mut(&partition) else {
+            return false;
+        };
+        let done = p.resume.as_ref().is_some_and(|r| r.finished(offset));
+        if done && !p.in_flight.contains(&offset) {
+            p.lowest_seen = Some(p.lowest_seen.map_or(offset, |l| l.min(offset)));
+            p.highest_seen = Some(p.highest_seen.map_or(offset, |h| h.max(offset)));
+        }
+        if p.resume.as_ref().is_some_and(|r| offset >= r.highest) {
+            p.resume = None;
+        }
+        done
+    }
+
+    /// What to commit for a partition: the next offset to read (the watermark + 1) and the
+    /// metadata recording the offsets finished beyond it (empty when none are, or when the
+    /// record would be too long). `None` before anything was taken.
+    pub fn commit_point(&self, partition: P) -> Option<(i64, String)> {
+        let p = self.partitions.get(&partition)?;
+        let next = match p.watermark() {
+            Some(w) => w + 1,
+            None => p.lowest_seen?,
+        };
+        let seen = p.highest_seen?;
+        let mut pending: BTreeSet<i64> = p.in_flight.range(next..).copied().collect();
+        let mut highest = seen;
+        // What the last owner finished and this one has not reached yet stays recorded.
+        if let Some(r) = &p.resume
+            && r.highest > seen
+        {
+            highest = r.highest;
+            pending.extend(r.pending.range(seen + 1..));
+        }
+        let finished_beyond = highest >= next && (highest - next + 1) as usize > pending.len();
+        let metadata = if finished_beyond {
+            Resume {
+                from: next,
+                highest,
+                pending,
+            }
+            .encode()
+            .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Some((next, metadata))
     }
 
     /// A partition was assigned: start it afresh (a new generation, so late finishes from an
@@ -353,6 +499,69 @@ mod tests {
         assert_eq!(w.finish(old), Actions::default());
         assert_eq!(w.in_flight(), 1);
         assert_eq!(w.finish(new).store, Some((0, 3)));
+    }
+
+    #[test]
+    fn finished_offsets_past_the_watermark_round_trip_through_the_metadata() {
+        let mut w = wm(100, 100);
+        let t: Vec<Ticket> = (10..20).map(|o| w.start(0, o).unwrap().0).collect();
+        // 10 and 14 still run; everything else is done.
+        for (i, ticket) in t.iter().enumerate() {
+            if i != 0 && i != 4 {
+                w.finish(*ticket);
+            }
+        }
+        let (next, meta) = w.commit_point(0).unwrap();
+        assert_eq!(next, 10, "nothing is contiguous past 9");
+        let r = Resume::decode(next, &meta).unwrap();
+        assert_eq!(r.highest, 19);
+        assert_eq!(r.pending, [10, 14].into());
+        // The next owner skips what was finished and redoes only 10 and 14.
+        let mut next_owner = wm(100, 100);
+        next_owner.assign_resuming(0, Some(r));
+        let redone: Vec<i64> = (10..25)
+            .filter(|o| !next_owner.already_finished(0, *o))
+            .collect();
+        assert_eq!(redone, [10, 14, 20, 21, 22, 23, 24]);
+        // The next owner, before it reaches 20, still records what the last one finished.
+        let mut resumed = wm(100, 100);
+        resumed.assign_resuming(0, Resume::decode(next, &meta));
+        let ten = resumed.start(0, 10).unwrap().0;
+        let (at, meta2) = resumed.commit_point(0).unwrap();
+        assert_eq!(at, 10);
+        let r2 = Resume::decode(at, &meta2).unwrap();
+        assert_eq!((r2.highest, r2.pending.clone()), (19, [10, 14].into()));
+        resumed.finish(ten);
+        assert!(resumed.already_finished(0, 11));
+        let (at, _) = resumed.commit_point(0).unwrap();
+        assert_eq!(at, 12);
+        // Nothing beyond the watermark: no metadata.
+        let mut plain = wm(100, 100);
+        let a = plain.start(0, 3).unwrap().0;
+        plain.finish(a);
+        assert_eq!(plain.commit_point(0), Some((4, String::new())));
+    }
+
+    #[test]
+    fn metadata_is_compact_bounded_and_refuses_what_it_did_not_write() {
+        let r = Resume {
+            from: 1000,
+            highest: 1040,
+            pending: [1000, 1003, 1004, 1005].into(),
+        };
+        let text = r.encode().unwrap();
+        assert_eq!(text, "sy1:40:0,3-5");
+        assert_eq!(Resume::decode(1000, &text), Some(r));
+        for bad in ["", "other", "sy1:x:0", "sy1:5:7", "sy1:5:3-1", "sy1:-1:"] {
+            assert_eq!(Resume::decode(0, bad), None, "{bad}");
+        }
+        // Thousands of scattered pending offsets do not fit: the plain watermark is committed.
+        let scattered = Resume {
+            from: 0,
+            highest: 100_000,
+            pending: (0..100_000).step_by(2).collect(),
+        };
+        assert_eq!(scattered.encode(), None);
     }
 
     #[test]
