@@ -45,8 +45,16 @@ pub struct ChaosReport {
     pub results: usize,
     /// Jobs dead-lettered.
     pub dead_lettered: usize,
-    /// Jobs with neither.
+    /// Jobs with neither once every stage's consumer group had caught up (lag 0) and the
+    /// output topics stopped growing, or a 10-minute deadline passed.
     pub lost: usize,
+    /// Jobs that ended only after the first 90 s of quiet (slow, not lost).
+    pub late: usize,
+    /// Calls the simulator answered, over all its restarts.
+    pub llm_calls: u64,
+    /// Of those, calls beyond the ones each job's first ending records: calls of jobs redone
+    /// after a kill (including calls of jobs in flight at the kill, which no output records).
+    pub llm_calls_redone: u64,
     /// Extra deliveries.
     pub duplicates: usize,
     /// Processes killed or stopped and started again.
@@ -144,6 +152,34 @@ fn spawn_sim(bin: &Path, profile: &Path, port: u16) -> anyhow::Result<(Proc, u16
     Ok((Proc { child }, port))
 }
 
+/// Attempts the simulator answered (an HTTP status; a refused connection never reached it).
+fn answered(attempts: &[switchyard::envelope::Attempt]) -> u64 {
+    attempts.iter().filter(|a| a.status.is_some()).count() as u64
+}
+
+/// Calls the simulator at `url` has answered (0 when it cannot tell).
+async fn sim_calls(url: &str) -> u64 {
+    let stats = async {
+        let r = reqwest::get(format!("{url}/sim/stats"))
+            .await
+            .map_err(|e| e.to_string())?;
+        r.json::<serde_json::Value>()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), stats).await {
+        Ok(Ok(v)) => v["requests"].as_u64().unwrap_or(0),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "chaos: cannot read the simulator's counts");
+            0
+        }
+        Err(_) => {
+            tracing::warn!("chaos: the simulator's counts did not come in 5 s");
+            0
+        }
+    }
+}
+
 /// Runs the drill.
 pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let bin = &options.bin_dir;
@@ -202,12 +238,24 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
 
     let kafka = KafkaSettings::new(&bootstrap);
     let run_id = uuid::Uuid::new_v4().simple().to_string();
+    // Real tickets (the pipeline's samples), so jobs take every path: answered by the local
+    // tier, by the cheap model, or escalated to the strong one.
+    let samples = crate::tools::demo::sample_payloads(&pipeline).unwrap_or_default();
+    let text = |i: usize| {
+        samples
+            .get(i % samples.len().max(1))
+            .and_then(|p| p["text"].as_str())
+            .map_or_else(
+                || format!("ticket {i}: my card payment was declined twice"),
+                str::to_string,
+            )
+    };
     let jobs: Vec<Intake> = (0..options.jobs)
         .map(|i| Intake {
             job_id: format!("chaos-{}-{i:06}", &run_id[..8]).into(),
             tenant: "chaos".into(),
             pipeline: pipeline.name.clone(),
-            payload: serde_json::json!({"text": format!("ticket {i}: my card payment was declined twice"), "channel": "chat"}),
+            payload: serde_json::json!({"text": text(i), "channel": "chat"}),
             created_at: now(),
             metadata: BTreeMap::new(),
             redrive_count: 0,
@@ -243,6 +291,8 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let dlq = pipeline.topics.dlq.clone();
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
     let mut restarts = 0;
+    // Calls answered by simulator processes since killed.
+    let mut calls_before = 0u64;
     for _ in 0..options.faults {
         let pause = Duration::from_millis(rng.random_range(1000..3000));
         read_until(&consumer, pause, |topic, payload| {
@@ -266,6 +316,7 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
                 *faults.entry("replica_stopped".into()).or_default() += 1;
             }
             _ => {
+                calls_before += sim_calls(&sim_url).await;
                 signal(&sim.child, "-KILL");
                 let _ = sim.child.wait();
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -297,18 +348,88 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let unnamed = malformed.len();
     let complete =
         |done: usize, t: &Tally| done >= expected.len() && t.dead_without_id.len() >= unnamed;
+    let add = |tally: &mut Tally, done: &mut usize, topic: &str, payload: &[u8]| {
+        if let Some(id) = tally.add(topic == dlq, payload)
+            && expected.contains(&id)
+        {
+            *done += 1;
+        }
+    };
     if !complete(done, &tally) {
         read_until(&consumer, Duration::from_secs(90), |topic, payload| {
-            if let Some(id) = tally.add(topic == dlq, payload)
-                && expected.contains(&id)
-            {
-                done += 1;
-            }
+            add(&mut tally, &mut done, topic, payload);
             complete(done, &tally)
         })
         .await;
     }
+    // Late is not lost: keep reading while any stage's group still has lag or the outputs still
+    // grow (a generous deadline), then call missing jobs lost.
+    let done_at_quiet = done;
+    let groups: Vec<(String, Vec<String>)> = pipeline
+        .stages
+        .iter()
+        .map(|s| {
+            (
+                format!("chaos.{}.{}", pipeline.name, s.name),
+                pipeline
+                    .stage_topics(s.index)
+                    .into_iter()
+                    .map(|t| t.topic)
+                    .collect(),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !complete(done, &tally) && Instant::now() < deadline {
+        let before = tally.results.len() + tally.dead.len() + tally.dead_without_id.len();
+        read_until(&consumer, Duration::from_secs(10), |topic, payload| {
+            add(&mut tally, &mut done, topic, payload);
+            complete(done, &tally)
+        })
+        .await;
+        let grew = tally.results.len() + tally.dead.len() + tally.dead_without_id.len() > before;
+        let check = kafka.clone();
+        let g = groups.clone();
+        let lag: i64 = tokio::task::spawn_blocking(move || {
+            g.iter()
+                .map(|(group, topics)| {
+                    switchyard::kafka::client::group_lag(&check, group, topics).unwrap_or(1)
+                })
+                .sum()
+        })
+        .await
+        .unwrap_or(1);
+        if lag == 0 && !grew {
+            break;
+        }
+        tracing::info!(
+            lag,
+            finished = done,
+            of = expected.len(),
+            "chaos: waiting for late jobs"
+        );
+    }
+    let late = done.saturating_sub(done_at_quiet);
     let elapsed = started.elapsed();
+    let llm_calls = calls_before + sim_calls(&sim_url).await;
+    let recorded: u64 = expected
+        .iter()
+        .map(|id| {
+            tally
+                .results
+                .get(id)
+                .and_then(|r| r.first())
+                .map(|r| answered(&r.attempts))
+                .or_else(|| {
+                    tally
+                        .dead
+                        .get(id)
+                        .and_then(|d| d.first())
+                        .map(|d| answered(&d.attempts))
+                })
+                .unwrap_or(0)
+        })
+        .sum();
     for r in &replicas {
         signal(&r.child, "-TERM");
     }
@@ -324,6 +445,9 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
         results: summary.results,
         dead_lettered: summary.dead_lettered,
         lost: summary.lost,
+        late,
+        llm_calls,
+        llm_calls_redone: llm_calls.saturating_sub(recorded),
         duplicates: summary.duplicates,
         restarts,
         malformed: malformed.len(),

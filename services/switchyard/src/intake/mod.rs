@@ -203,6 +203,9 @@ struct StageContext {
     partition_tokens: PartitionTokens,
     /// Parent of every partition token (cancelled at the shutdown deadline).
     abandon: CancellationToken,
+    /// librdkafka's repeated complaints (a broker outage) collapsed to one line per kind and
+    /// interval, with a count.
+    repeats: Arc<crate::kafka::Repeats>,
 }
 
 type PartitionTokens = Arc<Mutex<HashMap<Part, CancellationToken>>>;
@@ -227,12 +230,24 @@ impl ClientContext for StageContext {
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
+        let loud = matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        );
+        let held_back = if loud {
+            match self.repeats.admit(&format!("{fac} {message}")) {
+                Some(n) => n,
+                None => return,
+            }
+        } else {
+            0
+        };
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
-                tracing::error!(target: "librdkafka", stage = %self.stage, fac, "{message}")
+                tracing::error!(target: "librdkafka", stage = %self.stage, fac, held_back, "{message}")
             }
             L::Warning => {
-                tracing::warn!(target: "librdkafka", stage = %self.stage, fac, "{message}")
+                tracing::warn!(target: "librdkafka", stage = %self.stage, fac, held_back, "{message}")
             }
             L::Notice | L::Info => {
                 tracing::info!(target: "librdkafka", stage = %self.stage, fac, "{message}")
@@ -244,7 +259,9 @@ impl ClientContext for StageContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(stage = %self.stage, error = %error, "Kafka client error: {reason}");
+        if let Some(held_back) = self.repeats.admit(&format!("{error} {reason}")) {
+            tracing::warn!(stage = %self.stage, error = %error, held_back, "Kafka client error: {reason}");
+        }
     }
 }
 
@@ -432,11 +449,13 @@ pub async fn run_stage(
     // when `abandon` fires at the drain deadline, or when their partition is revoked.
     let abandon = CancellationToken::new();
     let partition_tokens: PartitionTokens = Arc::default();
+    let repeats = Arc::new(crate::kafka::Repeats::new(Duration::from_secs(10)));
     let context = StageContext {
         partition_tokens: partition_tokens.clone(),
         abandon: abandon.clone(),
         tracker: tracker.clone(),
         topics: topics.clone(),
+        repeats: repeats.clone(),
         pipeline: shared.pipeline.name.clone(),
         stage: stage.to_string(),
         rebalance_timeout: conc.rebalance_timeout,
@@ -508,7 +527,9 @@ pub async fn run_stage(
         let m = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(stage = %stage, error = %e, "consume error; continuing");
+                if let Some(held_back) = repeats.admit(&format!("consume {e}")) {
+                    tracing::warn!(stage = %stage, error = %e, held_back, "consume error; continuing");
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -643,6 +664,8 @@ fn commit_points(t: &Watermarks<Part>, topics: &StageTopics, parts: &[Part]) -> 
 const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Commits, every [`COMMIT_INTERVAL`] until `stop`, each partition whose commit point moved.
+/// Commits are synchronous (on a blocking thread), so a refused one (a rebalance under way, a
+/// broker away) is known and tried again at the next tick rather than assumed done.
 async fn commit_periodically(
     consumer: Arc<StageConsumer>,
     tracker: Tracker,
@@ -657,24 +680,33 @@ async fn commit_periodically(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let tpl = {
+        let (tpl, points) = {
             let t = lock(&tracker);
+            let parts = t.partitions();
+            last.retain(|p, _| parts.contains(p));
             let mut changed = Vec::new();
-            for p in t.partitions() {
+            let mut points = Vec::new();
+            for p in parts {
                 if let Some(point) = t.commit_point(p)
                     && last.get(&p) != Some(&point)
                 {
-                    last.insert(p, point);
+                    points.push((p, point));
                     changed.push(p);
                 }
             }
-            last.retain(|p, _| t.partitions().contains(p));
-            commit_points(&t, &topics, &changed)
+            (commit_points(&t, &topics, &changed), points)
         };
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::debug!(error = %e, "periodic commit failed (partition revoked?); the next one retries");
+        if tpl.count() == 0 {
+            continue;
+        }
+        let c = consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await;
+        match committed {
+            Ok(Ok(())) => last.extend(points),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "periodic commit refused (a rebalance under way?); retrying at the next tick")
+            }
+            Err(e) => tracing::debug!(error = %e, "periodic commit did not run"),
         }
     }
 }

@@ -359,6 +359,56 @@ pub fn group_start(
     Ok(start)
 }
 
+/// Messages `group` has not yet committed past on `topics` (a partition without a committed
+/// offset counts from its low watermark).
+pub fn group_lag(
+    kafka: &KafkaSettings,
+    group: &str,
+    topics: &[String],
+) -> Result<i64, ClientError> {
+    use rdkafka::consumer::BaseConsumer;
+    let unreachable = |source| ClientError::Unreachable {
+        brokers: kafka.brokers.clone(),
+        source: Box::new(source),
+    };
+    let consumer: BaseConsumer = kafka
+        .reader(group)
+        .create()
+        .map_err(|e| ClientError::Create {
+            what: "client",
+            brokers: kafka.brokers.clone(),
+            detail: crate::kafka::error_text(&e),
+        })?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(15))
+        .map_err(unreachable)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|w| w == t.name()))
+    {
+        for p in t.partitions() {
+            tpl.add_partition(t.name(), p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(15))
+        .map_err(unreachable)?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+            .map_err(unreachable)?;
+        let at = match e.offset() {
+            Offset::Offset(o) if o >= 0 => o,
+            _ => low,
+        };
+        lag += (high - at).max(0);
+    }
+    Ok(lag)
+}
+
 /// Produces intake jobs, keyed by job id.
 pub async fn produce_jobs(
     kafka: &KafkaSettings,

@@ -16,6 +16,57 @@ const PROTECTED: &[&str] = &[
     "auto.offset.reset",
 ];
 
+/// Repeated log lines collapsed: during a broker outage librdkafka reports the same failure
+/// many times a second. The first line of a kind in each interval is logged with how many like
+/// it were held back since the last one; the rest are counted.
+#[derive(Debug)]
+pub struct Repeats {
+    interval: std::time::Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+}
+
+impl Repeats {
+    /// Collapses repeats within `interval`.
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            seen: std::sync::Mutex::default(),
+        }
+    }
+
+    /// `Some(held_back)` when a line of `kind` should be logged now (with the number of such
+    /// lines held back since the last one logged), `None` when it is a repeat to count.
+    pub fn admit(&self, kind: &str) -> Option<u64> {
+        // Numbers (ports, milliseconds, counts) vary between repeats of one failure.
+        let key: String = kind
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(120)
+            .collect();
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get_mut(&key) {
+            Some((since, held)) if now.duration_since(*since) < self.interval => {
+                *held += 1;
+                None
+            }
+            Some((since, held)) => {
+                let n = *held;
+                *since = now;
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                if seen.len() >= 1000 {
+                    seen.clear();
+                }
+                seen.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 /// A Kafka error as text that never includes a configuration value (it may be a secret).
 pub fn error_text(e: &rdkafka::error::KafkaError) -> String {
     match e {
@@ -204,6 +255,27 @@ impl KafkaSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_of_a_failure_are_counted_not_logged() {
+        let r = Repeats::new(std::time::Duration::from_millis(200));
+        assert_eq!(
+            r.admit("Connect to 127.0.0.1:9092 failed (after 3ms)"),
+            Some(0)
+        );
+        for ms in 0..50 {
+            assert_eq!(
+                r.admit(&format!("Connect to 127.0.0.1:9092 failed (after {ms}ms)")),
+                None
+            );
+        }
+        assert_eq!(r.admit("another failure"), Some(0));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(
+            r.admit("Connect to 127.0.0.1:9092 failed (after 1ms)"),
+            Some(50)
+        );
+    }
 
     #[test]
     fn option_values_may_come_from_a_file_and_never_the_command_line() {
