@@ -206,6 +206,8 @@ struct StageContext {
     /// librdkafka's repeated complaints (a broker outage) collapsed to one line per kind and
     /// interval, with a count.
     repeats: Arc<crate::kafka::Repeats>,
+    /// Held while committing (see [`CommitLock`]).
+    commits: CommitLock,
 }
 
 type PartitionTokens = Arc<Mutex<HashMap<Part, CancellationToken>>>;
@@ -299,19 +301,23 @@ impl ConsumerContext for StageContext {
             wait();
         }
         // The final commit of each revoked partition: its watermark and, in the metadata, the
-        // offsets finished past it, so the next owner redoes only what was not finished.
-        let tpl = {
-            let mut t = lock(&self.tracker);
-            let tpl = commit_points(&t, &self.topics, &partitions);
-            for p in &partitions {
-                t.revoke(*p);
-            }
-            tpl
-        };
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        // offsets finished past it, so the next owner redoes only what was not finished. No
+        // periodic commit runs meanwhile (or lands after it).
         {
-            tracing::warn!(stage = %self.stage, error = %e, "rebalance: committing final offsets failed; their jobs may be redone");
+            let _one_at_a_time = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+            let tpl = {
+                let mut t = lock(&self.tracker);
+                let tpl = commit_points(&t, &self.topics, &partitions);
+                for p in &partitions {
+                    t.revoke(*p);
+                }
+                tpl
+            };
+            if tpl.count() > 0
+                && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+            {
+                tracing::warn!(stage = %self.stage, error = %e, "rebalance: committing final offsets failed; their jobs may be redone");
+            }
         }
         {
             let mut tokens = self
@@ -450,12 +456,14 @@ pub async fn run_stage(
     let abandon = CancellationToken::new();
     let partition_tokens: PartitionTokens = Arc::default();
     let repeats = Arc::new(crate::kafka::Repeats::new(Duration::from_secs(10)));
+    let commits: CommitLock = Arc::default();
     let context = StageContext {
         partition_tokens: partition_tokens.clone(),
         abandon: abandon.clone(),
         tracker: tracker.clone(),
         topics: topics.clone(),
         repeats: repeats.clone(),
+        commits: commits.clone(),
         pipeline: shared.pipeline.name.clone(),
         stage: stage.to_string(),
         rebalance_timeout: conc.rebalance_timeout,
@@ -482,6 +490,7 @@ pub async fn run_stage(
         consumer.clone(),
         tracker.clone(),
         topics.clone(),
+        commits.clone(),
         committer_stop.clone(),
     ));
 
@@ -670,6 +679,7 @@ async fn commit_periodically(
     consumer: Arc<StageConsumer>,
     tracker: Tracker,
     topics: Arc<StageTopics>,
+    commits: CommitLock,
     stop: CancellationToken,
 ) {
     let mut last: HashMap<Part, (i64, String)> = HashMap::new();
@@ -680,29 +690,45 @@ async fn commit_periodically(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (tpl, points) = {
-            let t = lock(&tracker);
-            let parts = t.partitions();
-            last.retain(|p, _| parts.contains(p));
-            let mut changed = Vec::new();
-            let mut points = Vec::new();
-            for p in parts {
-                if let Some(point) = t.commit_point(p)
-                    && last.get(&p) != Some(&point)
-                {
-                    points.push((p, point));
-                    changed.push(p);
+        let (c, tr, tp, cl) = (
+            consumer.clone(),
+            tracker.clone(),
+            topics.clone(),
+            commits.clone(),
+        );
+        let known = last.clone();
+        // Read and commit under the commit lock, which a revoke also holds for its final
+        // commit: a periodic commit read before a revoke can never land after it (it would
+        // set the partition back for its next owner).
+        let committed = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = cl.lock().unwrap_or_else(|p| p.into_inner());
+            let (tpl, points) = {
+                let t = lock(&tr);
+                let mut changed = Vec::new();
+                let mut points = Vec::new();
+                for p in t.partitions() {
+                    if let Some(point) = t.commit_point(p)
+                        && known.get(&p) != Some(&point)
+                    {
+                        points.push((p, point));
+                        changed.push(p);
+                    }
                 }
+                (commit_points(&t, &tp, &changed), points)
+            };
+            if tpl.count() == 0 {
+                return Ok(points);
             }
-            (commit_points(&t, &topics, &changed), points)
-        };
-        if tpl.count() == 0 {
-            continue;
-        }
-        let c = consumer.clone();
-        let committed = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await;
+            c.commit(&tpl, CommitMode::Sync).map(|()| points)
+        })
+        .await;
         match committed {
-            Ok(Ok(())) => last.extend(points),
+            Ok(Ok(points)) => {
+                last.extend(points);
+                let t = lock(&tracker);
+                let parts = t.partitions();
+                last.retain(|p, _| parts.contains(p));
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "periodic commit refused (a rebalance under way?); retrying at the next tick")
             }
@@ -710,6 +736,10 @@ async fn commit_periodically(
         }
     }
 }
+
+/// Held while committing: periodic commits, a revoke's final commit and the shutdown commit
+/// never interleave.
+type CommitLock = Arc<Mutex<()>>;
 
 fn set_paused(consumer: &StageConsumer, topics: &StageTopics, partitions: &[Part], pause: bool) {
     let tpl = topics.list(partitions);
