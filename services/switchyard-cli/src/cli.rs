@@ -977,7 +977,7 @@ async fn run_pipeline(a: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
-    crate::log::init("warn,librdkafka=off");
+    crate::log::init("warn,librdkafka=off,rdkafka=off");
     let pipeline = load(&a.pipeline)?;
     let kafka = KafkaSettings::new(&a.brokers)
         .with_options(&a.kafka_options)
