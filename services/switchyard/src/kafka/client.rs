@@ -306,12 +306,13 @@ pub struct GroupStart {
     pub uncommitted_backlog: i64,
 }
 
-/// Reads `group`'s committed offsets on `topics` (without joining the group).
-pub fn group_start(
+/// `group`'s committed offsets on every partition of `topics`, read without joining the
+/// group, with the client that read them (for watermarks).
+fn committed_of(
     kafka: &KafkaSettings,
     group: &str,
     topics: &[String],
-) -> Result<GroupStart, ClientError> {
+) -> Result<(rdkafka::consumer::BaseConsumer, TopicPartitionList), ClientError> {
     use rdkafka::consumer::BaseConsumer;
     let unreachable = |source| ClientError::Unreachable {
         brokers: kafka.brokers.clone(),
@@ -338,13 +339,22 @@ pub fn group_start(
             tpl.add_partition(t.name(), p.id());
         }
     }
-    let partitions = tpl.count();
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(15))
         .map_err(unreachable)?;
+    Ok((consumer, committed))
+}
+
+/// Reads `group`'s committed offsets on `topics` (without joining the group).
+pub fn group_start(
+    kafka: &KafkaSettings,
+    group: &str,
+    topics: &[String],
+) -> Result<GroupStart, ClientError> {
+    let (consumer, committed) = committed_of(kafka, group, topics)?;
     let mut start = GroupStart {
         committed: 0,
-        partitions,
+        partitions: committed.count(),
         uncommitted_backlog: 0,
     };
     for e in committed.elements() {
@@ -366,35 +376,11 @@ pub fn group_lag(
     group: &str,
     topics: &[String],
 ) -> Result<i64, ClientError> {
-    use rdkafka::consumer::BaseConsumer;
+    let (consumer, committed) = committed_of(kafka, group, topics)?;
     let unreachable = |source| ClientError::Unreachable {
         brokers: kafka.brokers.clone(),
         source: Box::new(source),
     };
-    let consumer: BaseConsumer = kafka
-        .reader(group)
-        .create()
-        .map_err(|e| ClientError::Create {
-            what: "client",
-            brokers: kafka.brokers.clone(),
-            detail: crate::kafka::error_text(&e),
-        })?;
-    let metadata = consumer
-        .fetch_metadata(None, Duration::from_secs(15))
-        .map_err(unreachable)?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata
-        .topics()
-        .iter()
-        .filter(|t| topics.iter().any(|w| w == t.name()))
-    {
-        for p in t.partitions() {
-            tpl.add_partition(t.name(), p.id());
-        }
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(15))
-        .map_err(unreachable)?;
     let mut lag = 0;
     for e in committed.elements() {
         let (low, high) = consumer
